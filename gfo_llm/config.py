@@ -1,0 +1,75 @@
+"""Settings shared by every LLM problem (`--set problem.KEY=VALUE`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gfo.errors import ConfigError
+
+DTYPES = ("bf16", "fp32", "fp16")
+SPACES = ("svd", "lora")
+INITS = ("pissa", "random")
+BACKENDS = ("transformers", "vllm")
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    """What model to adapt, which LoRA space to search, and how to score candidates."""
+
+    model: str | None = field(
+        default=None,
+        metadata={"help": "hub id, local model directory or .gguf file; default: bundled SmolLM2-135M-Instruct"},
+    )
+    dtype: str = field(default="bf16", metadata={"help": "bf16 (fastest on CPU), fp32 or fp16"})
+    space: str = field(default="svd", metadata={"help": "svd: singular values of the LoRA factors (ESSA); lora: full A, B"})
+    rank: int = field(default=8, metadata={"help": "LoRA rank r"})
+    alpha: float = field(default=1.0, metadata={"help": "fraction of each factor's singular values searched (svd)"})
+    target_modules: tuple[str, ...] = field(
+        default=("q_proj", "k_proj", "v_proj", "o_proj"), metadata={"help": "linear layers that get a LoRA"}
+    )
+    init_adapter: str | None = field(
+        default=None, metadata={"help": "warm-start PEFT adapter directory (e.g. from `gfo sft`)"}
+    )
+    init: str = field(
+        default="pissa",
+        metadata={"help": "no-warm-start init: pissa (principal components of W) or random (random A, B = 0)"},
+    )
+    stdev: float = field(default=0.02, metadata={"help": "default initial search spread (algo.stdev_init wins)"})
+    batch_size: int = field(default=8, metadata={"help": "training prompts per generation (same for all candidates)"})
+    max_new_tokens: int = field(default=96, metadata={"help": "generation cap per completion"})
+    eval_every: int = field(default=5, metadata={"help": "held-out evaluation every k generations (0: never)"})
+    eval_limit: int = field(default=64, metadata={"help": "held-out items evaluated"})
+    eval_split: str = field(default="test", metadata={"help": "split used for held-out evaluation"})
+    row_budget: int = field(default=64, metadata={"help": "max rows (candidates x prompts) per generate call"})
+    system_prompt: str | None = field(default=None, metadata={"help": "system message before each prompt"})
+    backend: str = field(default="transformers", metadata={"help": "transformers (batched per-row LoRA) or vllm"})
+    data_dir: str | None = field(
+        default=None, metadata={"help": "folder holding <task>/{train,test}.jsonl; default: $GFO_DATA_DIR or hub"}
+    )
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "converted-model cache; default: $GFO_CACHE_DIR or ~/.cache/gfo"}
+    )
+
+    def __post_init__(self) -> None:
+        _choice("dtype", self.dtype, DTYPES)
+        _choice("space", self.space, SPACES)
+        _choice("init", self.init, INITS)
+        _choice("backend", self.backend, BACKENDS)
+        if self.rank < 1:
+            raise ConfigError(f"problem.rank must be >= 1; got {self.rank}, use e.g. 8")
+        if not 0.0 < self.alpha <= 1.0:
+            raise ConfigError(f"problem.alpha must be in (0, 1]; got {self.alpha}, use 1.0 to search all")
+        for name in ("batch_size", "max_new_tokens", "eval_limit", "row_budget"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"problem.{name} must be >= 1; got {getattr(self, name)}")
+        if self.eval_every < 0:
+            raise ConfigError(f"problem.eval_every must be >= 0 (0 disables); got {self.eval_every}")
+        if self.stdev <= 0:
+            raise ConfigError(f"problem.stdev must be > 0; got {self.stdev}")
+        if not self.target_modules:
+            raise ConfigError("problem.target_modules is empty; use e.g. q_proj,v_proj")
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"problem.{name} must be one of {', '.join(allowed)}; got {value!r}")
