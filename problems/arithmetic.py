@@ -1,0 +1,134 @@
+"""Procedural arithmetic ("12 + 7 - 3"): offline, seeded, with a dense reward for small models.
+
+Level 1 (2-3 terms of 1-2 digits, + and -) is where the bundled 135M model has a usable signal
+on CPU (10-20% greedy, see MISSION.md); levels 2 and 3 are harder for larger models.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, NamedTuple
+
+from gfo.errors import ConfigError, GfoError
+from gfo_llm.config import LLMConfig
+from gfo_llm.task import Example, Task
+from problems._answers import evaluate_expression, numeric_rewards
+
+PROMPT = 'Compute {expression}. Give the final answer on its own last line, in the form "#### <number>".'
+MAX_ITEMS = 100_000
+
+
+class Level(NamedTuple):
+    terms: tuple[int, int]  # inclusive range of the number of terms
+    digits: int  # operands are drawn from 1 .. 10**digits - 1
+    operators: str
+    parentheses: bool  # wrap one run of terms in parentheses
+
+
+LEVELS = {
+    1: Level((2, 3), 2, "+-", False),
+    2: Level((3, 4), 3, "+-*", False),
+    3: Level((4, 5), 4, "+-*", True),
+}
+
+
+@dataclass(frozen=True)
+class ArithmeticConfig(LLMConfig):
+    """Arithmetic settings on top of the shared LLM settings."""
+
+    level: int = field(
+        default=1,
+        metadata={"help": "1: 2-3 terms of 1-2 digits, + -; 2: 3-4 terms, 3 digits, *; 3: 4-5, 4, ()"},
+    )
+    train_size: int = field(default=2000, metadata={"help": "number of training items"})
+    test_size: int = field(default=500, metadata={"help": "number of held-out items (disjoint from train)"})
+    data_seed: int = field(default=0, metadata={"help": "seed of the generated items (not of the search)"})
+    format_bonus: float = field(
+        default=0.0, metadata={"help": "added to the reward when the answer uses the strict '#### N' format"}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.level not in LEVELS:
+            raise ConfigError(
+                f"problem.level must be one of 1, 2, 3; got {self.level}, use 1 for small models"
+            )
+        for name in ("train_size", "test_size"):
+            size = getattr(self, name)
+            if not 1 <= size <= MAX_ITEMS:
+                raise ConfigError(f"problem.{name} must be in [1, {MAX_ITEMS}]; got {size}, use e.g. 500")
+        if not 0.0 <= self.format_bonus <= 1.0:
+            raise ConfigError(
+                f"problem.format_bonus must be in [0, 1]; got {self.format_bonus}, use 0 (off) or e.g. 0.1"
+            )
+
+
+class Arithmetic(Task):
+    """Evaluate an integer expression; reward 1 for the exact value."""
+
+    name: ClassVar[str] = "arithmetic"
+    Config: ClassVar[type[LLMConfig]] = ArithmeticConfig
+    config: ArithmeticConfig
+
+    def __init__(self, config: LLMConfig) -> None:
+        if not isinstance(config, ArithmeticConfig):
+            raise ConfigError(
+                f"arithmetic needs an Arithmetic.Config, got {type(config).__name__}; use Arithmetic.Config()"
+            )
+        super().__init__(config)
+        self._examples: dict[str, list[dict[str, Any]]] = {}
+
+    def examples(self, split: str) -> Sequence[Example]:
+        if split not in self.splits:
+            raise GfoError(f"arithmetic has no split {split!r}; use one of {', '.join(self.splits)}")
+        if not self._examples:
+            cfg = self.config
+            level, stream = LEVELS[cfg.level], f"arithmetic-{cfg.level}-{cfg.data_seed}"
+            # Test first, from its own stream: the test set does not change when train_size does.
+            test = _generate(level, cfg.test_size, random.Random(f"{stream}-test"))
+            seen = {row["expression"] for row in test}
+            train = _generate(level, cfg.train_size, random.Random(f"{stream}-train"), seen)
+            self._examples = {"test": test, "train": train}
+        return self._examples[split]
+
+    def prompt(self, example: Example) -> str:
+        return PROMPT.format(expression=example["expression"])
+
+    def reward(self, completions: Sequence[str], examples: Sequence[Example]) -> list[float]:
+        targets = [example["target"] for example in examples]
+        return numeric_rewards(completions, targets, self.config.format_bonus)
+
+    def reference(self, example: Example) -> str:
+        return f"{example['expression']} = {example['target']}\n#### {example['target']}"
+
+
+def _expression(level: Level, rng: random.Random) -> str:
+    terms = [str(rng.randint(1, 10**level.digits - 1)) for _ in range(rng.randint(*level.terms))]
+    if level.parentheses:
+        start = rng.randrange(len(terms) - 1)
+        end = rng.randrange(start + 1, len(terms) - (start == 0))  # not around the whole expression
+        terms[start], terms[end] = "(" + terms[start], terms[end] + ")"
+    text = terms[0]
+    for term in terms[1:]:
+        text += f" {rng.choice(level.operators)} {term}"
+    return text
+
+
+def _generate(
+    level: Level, size: int, rng: random.Random, exclude: set[str] | frozenset[str] = frozenset()
+) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    seen = set(exclude)
+    for _ in range(50 * size):  # bounded: level 1 has ~4M distinct items, far above MAX_ITEMS
+        if len(rows) == size:
+            return rows
+        expression = _expression(level, rng)
+        if expression in seen:
+            continue
+        seen.add(expression)
+        result = evaluate_expression(expression)
+        assert result is not None and result[0].denominator == 1  # only + - * of integers
+        rows.append({"expression": expression, "target": int(result[0])})
+    raise GfoError(f"could not generate {size} distinct arithmetic items; lower problem.train_size/test_size")
