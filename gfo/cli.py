@@ -1,0 +1,152 @@
+"""`gfo` command line. It only builds configs and calls the library; errors become one line, exit 2."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from gfo.errors import GfoError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Gradient-free optimization: evolution strategies for LLMs (ESSA) and test functions.",
+    pretty_exceptions_enable=False,
+)
+
+AlgoOpt = Annotated[str | None, typer.Option("--algo", "-a", help="algorithm name (see `gfo list`)")]
+ProblemOpt = Annotated[str | None, typer.Option("--problem", "-p", help="problem name (see `gfo list`)")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML file with [algo], [problem], [run]")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="override: section.key=value (sections algo, problem, run); repeatable"),
+]
+
+
+@app.command()
+def run(
+    algo: AlgoOpt = None,
+    problem: ProblemOpt = None,
+    generations: Annotated[int | None, typer.Option(help="generations to run")] = None,
+    popsize: Annotated[int | None, typer.Option(help="population size (algo.popsize)")] = None,
+    seed: Annotated[int | None, typer.Option(help="random seed (run.seed)")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="run directory (default runs/<problem>-<algo>-s<seed>)")
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    resume: Annotated[Path | None, typer.Option(help="continue the run in this directory")] = None,
+    force: Annotated[bool, typer.Option(help="overwrite a run already in --out")] = False,
+    actors: Annotated[int | None, typer.Option(help="evaluate on N Ray actors (run.actors)")] = None,
+    ray_address: Annotated[str | None, typer.Option(help="join a Ray cluster: 'auto' or host:port")] = None,
+    gpus_per_actor: Annotated[float | None, typer.Option(help="GPUs per Ray actor")] = None,
+    quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+) -> None:
+    """Search: ask, evaluate, tell, one JSON line per generation in RUN_DIR/metrics.jsonl."""
+    from gfo import config as cfg
+    from gfo.spec import resolve
+
+    overrides = list(set_ or [])
+    for key, value in (
+        ("run.generations", generations),
+        ("algo.popsize", popsize),
+        ("run.seed", seed),
+        ("run.actors", actors),
+        ("run.ray_address", ray_address),
+        ("run.gpus_per_actor", gpus_per_actor),
+    ):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    base = None
+    if resume is not None:
+        if out is not None and out != resume:
+            raise GfoError(f"--out {out} and --resume {resume} differ; give only --resume")
+        out = resume
+        base = cfg.read_toml(resume / "config.toml") if (resume / "config.toml").exists() else None
+        if base is None:
+            raise GfoError(f"{resume} holds no gfo run (no config.toml); check the path")
+    spec = resolve(algo, problem, config_file=config, overrides=overrides, base=base)
+    out = out or Path("runs") / f"{spec.problem_name}-{spec.algorithm}-s{spec.run.seed}"
+    _run(spec, out, resume=resume is not None, force=force, quiet=quiet)
+
+
+def _run(spec: object, out: Path, *, resume: bool, force: bool, quiet: bool) -> None:
+    from rich.console import Console
+
+    from gfo.loop import Interrupted, prepare_run_dir
+    from gfo.loop import run as run_loop
+    from gfo.progress import ProgressBar
+
+    console = Console(stderr=True)
+    prepare_run_dir(out, resume=resume, force=force)
+    bar = ProgressBar(console)
+    try:
+        summary = run_loop(spec, out, resume=resume, callbacks=[] if quiet else [bar])  # type: ignore[arg-type]
+    except Interrupted as exc:
+        bar.close()
+        console.print(f"stopped; checkpoint saved. Resume with: gfo run --resume {exc.run_dir}")
+        raise typer.Exit(exc.exit_code) from None
+    finally:
+        bar.close()
+    line = f"done: best {summary['best']:.6g} after {summary['evaluations']} evaluations"
+    line += f", {summary['wall_s']:.1f} s"
+    if summary.get("heldout_best") is not None:
+        line += f"; best held-out {summary['heldout_best']:.4g}"
+    console.print(line)
+    console.print(f"results in {out}/ (summary.json, metrics.jsonl, curve.png)")
+
+
+@app.command("list")
+def list_() -> None:
+    """Algorithms and problems with their default hyperparameters."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from gfo.config import RunConfig, describe_fields
+    from gfo.registry import ALGORITHMS, PROBLEMS
+
+    console = Console()
+    for title, registry in (("algorithms", ALGORITHMS), ("problems", PROBLEMS)):
+        table = Table(title=title, show_lines=True)
+        table.add_column("name", style="bold")
+        table.add_column("about")
+        table.add_column("settings (default)")
+        for name in registry.names():
+            try:
+                cls = registry.get(name)
+            except GfoError as exc:
+                table.add_row(name, f"[red]unavailable: {exc}[/]", "")
+                continue
+            about = getattr(cls, "summary", "") or (cls.__doc__ or "").strip().split("\n")[0]
+            settings = "\n".join(f"{n} = {d}" for n, d, _ in describe_fields(cls.Config))
+            table.add_row(name, about, settings)
+        console.print(table)
+    console.print("run settings: " + ", ".join(f"{n} = {d}" for n, d, _ in describe_fields(RunConfig)))
+
+
+def main() -> None:
+    """Entry point: user errors are one line on stderr and exit code 2, never a traceback."""
+    try:
+        app(standalone_mode=False)
+    except GfoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        print("aborted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(2)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,374 @@
+"""The run loop: ask, evaluate, tell; log, checkpoint, resume. Algorithms never see any of this."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import shutil
+import signal
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from safetensors.torch import save_file
+
+from gfo import checkpoint
+from gfo.algorithms import Algorithm, SearchSpec
+from gfo.errors import GfoError
+from gfo.problem import Context, Evaluation, Problem, better
+from gfo.registry import ALGORITHMS, PROBLEMS
+from gfo.spec import RunSpec
+
+RUN_FILES = ("config.toml", "metrics.jsonl", "summary.json", checkpoint.NAME, checkpoint.PREVIOUS)
+EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+class Interrupted(Exception):
+    """Stopped by a signal at a safe point; the run directory holds a resumable checkpoint."""
+
+    def __init__(self, signum: int, run_dir: Path) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.exit_code = EXIT_CODES.get(signal.Signals(signum), 1)
+        self.run_dir = run_dir
+
+
+class Evaluator(Protocol):
+    """Where populations are evaluated: in process, or on Ray actors (`gfo.parallel`)."""
+
+    def evaluate(self, population: torch.Tensor, context: Context) -> Evaluation: ...
+
+    def evaluate_heldout(self, solutions: torch.Tensor) -> torch.Tensor: ...
+
+    def close(self) -> None: ...
+
+
+class LocalEvaluator:
+    def __init__(self, problem: Problem) -> None:
+        self.problem = problem
+        problem.prepare()
+
+    def evaluate(self, population: torch.Tensor, context: Context) -> Evaluation:
+        return self.problem.evaluate(population, context)
+
+    def evaluate_heldout(self, solutions: torch.Tensor) -> torch.Tensor:
+        return self.problem.evaluate_heldout(solutions)
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class Callback:
+    """Hooks into the loop (progress display, Optuna pruning, ...); raise to stop the run."""
+
+    def on_start(self, spec: RunSpec, problem: Problem, algorithm: Algorithm, start_generation: int) -> None:
+        pass
+
+    def on_generation(self, record: dict[str, Any]) -> None:
+        pass
+
+    def on_end(self, summary: dict[str, Any]) -> None:
+        pass
+
+
+@dataclass
+class _State:
+    """Loop counters; everything here goes into the checkpoint."""
+
+    generation: int = 0
+    evaluations: int = 0
+    wall_s: float = 0.0
+    best: float = math.nan
+    best_solution: torch.Tensor | None = None
+    heldout_best: float = math.nan
+    heldout_solution: torch.Tensor | None = None
+    heldout_generation: int = -1
+    nonfinite: int = 0
+    counters: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def prepare_run_dir(out: Path, *, resume: bool, force: bool) -> None:
+    """Refuse to mix runs: a directory holding another run needs --force (which clears it) or --resume."""
+    if resume:
+        if not (out / "config.toml").exists():
+            raise GfoError(f"{out} holds no gfo run (no config.toml); check the path or start a new run")
+        return
+    existing = [name for name in RUN_FILES if (out / name).exists()]
+    if existing and not force:
+        raise GfoError(
+            f"{out} already holds a run ({', '.join(existing)}); use --resume {out} to continue it, "
+            f"--force to overwrite it, or another --out"
+        )
+    if existing:
+        for name in (*RUN_FILES, "best.safetensors", "curve.png", "samples.jsonl"):
+            (out / name).unlink(missing_ok=True)
+        for sub in ("export", "adapter"):
+            shutil.rmtree(out / sub, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def run(
+    spec: RunSpec,
+    out: Path,
+    *,
+    resume: bool = False,
+    callbacks: list[Callback] | None = None,
+    make_evaluator: Callable[[Problem, RunSpec], Evaluator] | None = None,
+) -> dict[str, Any]:
+    """Run (or continue) a search; returns the summary also written to `summary.json`."""
+    callbacks = callbacks or []
+    problem: Problem = PROBLEMS.get(spec.problem_name)(spec.problem)
+    saved = checkpoint.load(out) if resume and (out / checkpoint.NAME).exists() else None
+    if saved and saved["fingerprint"] != _fingerprint(spec, problem):
+        raise GfoError(
+            f"{out} was made by a different problem or algorithm ({saved['fingerprint']}); "
+            "resume it with its own config.toml or start a new --out"
+        )
+    checkpoint.atomic_write(out / "config.toml", spec.to_toml().encode())
+    spec_search = SearchSpec(
+        problem.sense, problem.solution_length, problem.initial_center(), problem.initial_stdev
+    )
+    algorithm: Algorithm = ALGORITHMS.get(spec.algorithm)(spec.algo, spec_search, spec.run.seed)
+    state = _State()
+    if saved:
+        algorithm.load_state_dict(saved["algorithm"])
+        state = _State(**saved["loop"])
+    _truncate_metrics(out / "metrics.jsonl", state.generation)
+
+    stop = _SignalStop()
+    with stop:
+        evaluator = (make_evaluator or _default_evaluator)(problem, spec)
+        try:
+            for cb in callbacks:
+                cb.on_start(spec, problem, algorithm, state.generation)
+            reason = _loop(spec, problem, algorithm, evaluator, state, out, callbacks, stop)
+        finally:
+            evaluator.close()
+    summary = _finish(spec, problem, state, out, reason)
+    for cb in callbacks:
+        cb.on_end(summary)
+    return summary
+
+
+def _default_evaluator(problem: Problem, spec: RunSpec) -> Evaluator:
+    if spec.run.actors > 0:
+        from gfo.parallel import RayEvaluator
+
+        return RayEvaluator(problem, spec)
+    return LocalEvaluator(problem)
+
+
+def _fingerprint(spec: RunSpec, problem: Problem) -> dict[str, Any]:
+    return {"problem": spec.problem_name, "algorithm": spec.algorithm, **problem.fingerprint()}
+
+
+def _loop(
+    spec: RunSpec,
+    problem: Problem,
+    algorithm: Algorithm,
+    evaluator: Evaluator,
+    state: _State,
+    out: Path,
+    callbacks: list[Callback],
+    stop: _SignalStop,
+) -> str:
+    sense = problem.sense
+    every = problem.heldout_every()
+    run_cfg = spec.run
+    while True:
+        if state.generation >= run_cfg.generations:
+            return "generations"
+        if run_cfg.max_evaluations is not None and state.evaluations >= run_cfg.max_evaluations:
+            return "max_evaluations"
+        if (
+            run_cfg.target is not None
+            and state.generation > 0
+            and not better(run_cfg.target, state.best, sense)
+        ):
+            return "target"
+        stop.check(out)
+        started = time.perf_counter()
+        g = state.generation
+        population = algorithm.ask()
+        result = evaluator.evaluate(population, Context(generation=g, seed=run_cfg.seed))
+        eval_s = time.perf_counter() - started
+        fitness = _sanitize(result.fitness, sense, state, g)
+        steps = algorithm.tell(population, fitness)
+
+        idx = int(fitness.argmin() if sense == "min" else fitness.argmax())
+        if math.isnan(state.best) or better(float(fitness[idx]), state.best, sense):
+            state.best, state.best_solution = float(fitness[idx]), population[idx].clone()
+        state.evaluations += len(population)
+        values = fitness.tolist()
+        record: dict[str, Any] = {
+            "generation": g,
+            "evaluations": state.evaluations,
+            "wall_s": 0.0,
+            "eval_s": round(eval_s, 4),
+            "best": values[idx],
+            "mean": statistics.fmean(values),
+            "median": statistics.median(values),
+            "worst": max(values) if sense == "min" else min(values),
+            "best_so_far": state.best,
+            **steps,
+        }
+        for key, tensor in result.info.items():
+            record[key] = float(tensor.double().mean())
+        for key, value in result.counters.items():
+            state.counters[key] = state.counters.get(key, 0.0) + value
+            record[key] = value
+            record[f"{key}_per_s"] = value / eval_s if eval_s > 0 else 0.0
+            record[f"{key}_total"] = state.counters[key]
+        if state.nonfinite:
+            record["nonfinite_total"] = state.nonfinite
+        last = g + 1 >= run_cfg.generations
+        if every and ((g + 1) % every == 0 or last):
+            candidates = torch.stack([algorithm.center(), population[idx]])
+            scores = evaluator.evaluate_heldout(candidates).tolist()
+            record["heldout"] = {"center": scores[0], "best": scores[1]}
+            for score, solution in zip(scores, candidates, strict=True):
+                if math.isnan(state.heldout_best) or better(score, state.heldout_best, sense):
+                    state.heldout_best, state.heldout_solution = score, solution.clone()
+                    state.heldout_generation = g
+        state.generation = g + 1
+        state.wall_s += time.perf_counter() - started
+        record["wall_s"] = round(state.wall_s, 3)
+        if result.samples:
+            _append_jsonl(out / "samples.jsonl", [{"generation": g, **s} for s in result.samples])
+        _append_jsonl(out / "metrics.jsonl", [record])
+        checkpoint.save(
+            out,
+            {
+                "algorithm": algorithm.state_dict(),
+                "loop": state.to_dict(),
+                "fingerprint": _fingerprint(spec, problem),
+            },
+        )
+        for cb in callbacks:
+            cb.on_generation(record)
+
+
+def _sanitize(fitness: torch.Tensor, sense: str, state: _State, generation: int) -> torch.Tensor:
+    """NaN / inf become strictly worse than the worst finite value, so they never steer the search."""
+    fitness = fitness.detach().to(torch.float64).reshape(-1)
+    bad = ~torch.isfinite(fitness)
+    if not bad.any():
+        return fitness
+    count = int(bad.sum())
+    state.nonfinite += count
+    warnings.warn(
+        f"generation {generation}: {count} non-finite fitness value(s) treated as the worst "
+        f"({state.nonfinite} so far)",
+        stacklevel=2,
+    )
+    finite = fitness[~bad]
+    if len(finite) == 0:
+        return torch.zeros_like(fitness)
+    worst_finite = float(finite.max() if sense == "min" else finite.min())
+    margin = abs(worst_finite) + 1.0
+    fitness[bad] = worst_finite + margin if sense == "min" else worst_finite - margin
+    return fitness
+
+
+def _finish(spec: RunSpec, problem: Problem, state: _State, out: Path, reason: str) -> dict[str, Any]:
+    # With held-out scores, the best on held-out data is kept (ESSA's "keep the best on validation");
+    # otherwise the best candidate ever evaluated.
+    use_heldout = state.heldout_solution is not None
+    final = state.heldout_solution if use_heldout else state.best_solution
+    tensors = {"best": state.best_solution, "selected": final}
+    save_file({k: v.float().clone() for k, v in tensors.items() if v is not None}, out / "best.safetensors")
+    exported = problem.export(final, out) if final is not None else None
+    summary = {
+        "algorithm": spec.algorithm,
+        "problem": spec.problem_name,
+        "sense": problem.sense,
+        "best": state.best,
+        "evaluations": state.evaluations,
+        "generations": state.generation,
+        "wall_s": round(state.wall_s, 3),
+        "stop_reason": reason,
+        "best_solution": "best.safetensors:best",
+        "selected_solution": "best.safetensors:selected",
+        "selected_by": "heldout" if use_heldout else "best_so_far",
+        "heldout_best": None if not use_heldout else state.heldout_best,
+        "heldout_generation": None if not use_heldout else state.heldout_generation,
+        "nonfinite": state.nonfinite,
+        "counters": state.counters,
+        "exported": str(exported.relative_to(out)) if exported else None,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        **problem.describe(),
+    }
+    checkpoint.atomic_write(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+    try:
+        from gfo.plots import plot_run
+
+        plot_run(out)
+    except Exception as exc:  # a plot must never cost the results
+        warnings.warn(f"curve.png not written: {exc}", stacklevel=2)
+    return summary
+
+
+def _append_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
+    with path.open("a") as fh:
+        for r in records:
+            fh.write(json.dumps(r) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _truncate_metrics(path: Path, generation: int) -> None:
+    """Drop lines of generations the checkpoint does not cover (written just before a crash)."""
+    for file in (path, path.with_name("samples.jsonl")):
+        if not file.exists():
+            continue
+        kept = []
+        for line in file.read_text().splitlines():
+            try:
+                if json.loads(line)["generation"] < generation:
+                    kept.append(line)
+            except (ValueError, KeyError):
+                continue  # a torn last line
+        checkpoint.atomic_write(file, "".join(f"{line}\n" for line in kept).encode())
+
+
+class _SignalStop:
+    """First SIGINT/SIGTERM: stop at the next safe point. Second: exit now (checkpoints are atomic)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _SignalStop:
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in EXIT_CODES:
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signum is not None:
+            os._exit(EXIT_CODES.get(signal.Signals(signum), 1))
+        self.signum = signum
+        print(
+            f"\n{signal.Signals(signum).name} received: stopping after this generation (again to quit now)",
+            flush=True,
+        )
+
+    def check(self, out: Path) -> None:
+        if self.signum is not None:
+            raise Interrupted(self.signum, out)

@@ -1,0 +1,111 @@
+"""The one interface every optimization problem implements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+
+Sense = Literal["min", "max"]
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a batched evaluation may depend on besides the candidates.
+
+    Everything an evaluation is allowed to depend on is here, so results do not change with how a
+    population is split across workers: a problem that samples data (an LLM mini-batch) derives it
+    from `(seed, generation)`, which gives every candidate the same mini-batch (common random
+    numbers) and a fresh one each generation.
+    """
+
+    generation: int
+    seed: int
+
+
+@dataclass
+class Evaluation:
+    """Result of evaluating a population.
+
+    `fitness` is in the problem's own sense. `info` holds per-candidate numbers (logged as means),
+    `counters` additive totals such as generated tokens (summed over workers; the loop also logs
+    their rate), `samples` a few example records (e.g. completions) for the log.
+    """
+
+    fitness: torch.Tensor
+    info: dict[str, torch.Tensor] = field(default_factory=dict)
+    counters: dict[str, float] = field(default_factory=dict)
+    samples: list[dict[str, Any]] = field(default_factory=list)
+
+    @staticmethod
+    def concat(parts: list[Evaluation]) -> Evaluation:
+        """Join evaluations of consecutive slices of one population (as workers return them)."""
+        info_keys = parts[0].info.keys()
+        counter_keys = {k for p in parts for k in p.counters}
+        return Evaluation(
+            fitness=torch.cat([p.fitness for p in parts]),
+            info={k: torch.cat([p.info[k] for p in parts]) for k in info_keys},
+            counters={k: sum(p.counters.get(k, 0.0) for p in parts) for k in sorted(counter_keys)},
+            samples=[s for p in parts for s in p.samples],
+        )
+
+
+class Problem:
+    """A fitness function over real vectors, evaluated a population at a time.
+
+    Subclasses set `sense` once (the only place the objective direction is declared), define
+    `Config` (a frozen dataclass of their settings), `solution_length`, and `evaluate`. Every
+    problem is constructed the same way: `Problem(config)`.
+    """
+
+    sense: ClassVar[Sense] = "min"
+    Config: ClassVar[type] = object
+
+    solution_length: int
+    #: Default spread of the initial search distribution (an algorithm's `stdev_init` wins).
+    initial_stdev: float = 1.0
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    def initial_center(self) -> torch.Tensor:
+        """Centre of the initial search distribution."""
+        return torch.zeros(self.solution_length)
+
+    def prepare(self) -> None:
+        """Heavy one-time setup (load a model); called once per process before evaluating."""
+
+    def evaluate(self, population: torch.Tensor, context: Context) -> Evaluation:
+        """Fitness of each row of a (popsize, solution_length) tensor."""
+        raise NotImplementedError
+
+    def heldout_every(self) -> int:
+        """Evaluate the centre and best candidate on held-out data every k generations (0: never)."""
+        return 0
+
+    def evaluate_heldout(self, solutions: torch.Tensor) -> torch.Tensor:
+        """Held-out score (same sense as fitness) of each row; only called if `heldout_every() > 0`."""
+        raise NotImplementedError
+
+    def export(self, solution: torch.Tensor, run_dir: Path) -> Path | None:
+        """Write a solution in the problem's native form (e.g. `run_dir/adapter`); return where, if any."""
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        """A few facts shown at start and stored in the run directory (e.g. search dimension)."""
+        return {"solution_length": self.solution_length, "sense": self.sense}
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What must match for a run directory to be resumed with this problem."""
+        return {"class": f"{type(self).__module__}:{type(self).__qualname__}", "dim": self.solution_length}
+
+
+def better(a: float, b: float, sense: Sense) -> bool:
+    """True if fitness `a` is strictly better than `b` under `sense` (NaN is never better)."""
+    return a < b if sense == "min" else a > b
+
+
+def worst(sense: Sense) -> float:
+    return float("inf") if sense == "min" else float("-inf")
