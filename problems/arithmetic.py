@@ -104,6 +104,19 @@ class Arithmetic(Task):
         return f"{example['expression']} = {example['target']}\n#### {example['target']}"
 
 
+def __getattr__(name: str) -> Any:
+    """`Problem`, the gfo problem the registry loads ("problems.arithmetic:Problem"), built on first use.
+
+    Lazy because `gfo_llm.problem` imports torch and transformers, which listing tasks must not.
+    """
+    if name == "Problem":
+        from gfo_llm.problem import LLMProblem
+
+        problem = globals()["Problem"] = LLMProblem.for_task(Arithmetic)
+        return problem
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _expression(level: Level, rng: random.Random) -> str:
     terms = [str(rng.randint(1, 10**level.digits - 1)) for _ in range(rng.randint(*level.terms))]
     if level.parentheses:

@@ -129,6 +129,19 @@ class Countdown(Task):
         )
 
 
+def __getattr__(name: str) -> Any:
+    """`Problem`, the gfo problem the registry loads ("problems.countdown:Problem"), built on first use.
+
+    Lazy because `gfo_llm.problem` imports torch and transformers, which listing tasks must not.
+    """
+    if name == "Problem":
+        from gfo_llm.problem import LLMProblem
+
+        problem = globals()["Problem"] = LLMProblem.for_task(Countdown)
+        return problem
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _key(row: dict[str, Any]) -> tuple[Any, ...]:
     return (*sorted(row["numbers"]), row["target"])
 

@@ -81,6 +81,19 @@ class GSM8K(Task):
         return _CALCULATOR.sub("", example["answer"])
 
 
+def __getattr__(name: str) -> Any:
+    """`Problem`, the gfo problem the registry loads ("problems.gsm8k:Problem"), built on first use.
+
+    Lazy because `gfo_llm.problem` imports torch and transformers, which listing tasks must not.
+    """
+    if name == "Problem":
+        from gfo_llm.problem import LLMProblem
+
+        problem = globals()["Problem"] = LLMProblem.for_task(GSM8K)
+        return problem
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _example(question: Any, answer: Any) -> dict[str, Any] | None:
     """A checked example, or None if the fields are not strings or the answer lacks `#### N`."""
     if not isinstance(question, str) or not isinstance(answer, str):

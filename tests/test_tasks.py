@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+import subprocess
 import sys
 import types
 from fractions import Fraction
@@ -425,3 +427,23 @@ def test_task_needs_its_own_config(task_class: Any) -> None:
 def _write(path: Path, lines: list[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def test_task_modules_import_light() -> None:
+    """Listing tasks must not import torch, transformers or datasets (checked in a fresh interpreter)."""
+    code = (
+        "import sys, problems.gsm8k, problems.arithmetic, problems.countdown\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("module", ["problems.gsm8k", "problems.arithmetic", "problems.countdown"])
+def test_registry_target_problem(module: str) -> None:
+    """`problems.<task>:Problem` (the registry's target) is built lazily, once."""
+    tasks = importlib.import_module(module)
+    with pytest.raises(AttributeError, match="has no attribute 'Nope'"):
+        _ = tasks.Nope
+    pytest.importorskip("gfo_llm.problem", reason="gfo_llm.problem (LLMProblem.for_task) is not written yet")
+    assert tasks.Problem is tasks.Problem
