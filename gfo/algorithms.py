@@ -10,6 +10,7 @@ re-implementation of an update rule.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from dataclasses import dataclass, field
@@ -284,7 +285,8 @@ class _Gaussian(_EvoTorch):
         }
         opt = self._algo._optimizer
         if opt is not None and hasattr(opt, "_optim"):
-            state["optimizer"] = opt._optim.state_dict()
+            # deepcopy: torch's state_dict() and load_state_dict() share tensors with the live optimizer
+            state["optimizer"] = copy.deepcopy(opt._optim.state_dict())
         elif opt is not None:
             state["velocity"] = opt._velocity.clone()
         return state
@@ -294,7 +296,7 @@ class _Gaussian(_EvoTorch):
         self._set_rng_state(state["rng"])
         opt = self._algo._optimizer
         if "optimizer" in state:
-            opt._optim.load_state_dict(state["optimizer"])
+            opt._optim.load_state_dict(copy.deepcopy(state["optimizer"]))
         elif "velocity" in state:
             opt._velocity = state["velocity"].clone()
 
