@@ -135,20 +135,19 @@ def run(
             "resume it with its own config.toml or start a new --out"
         )
     checkpoint.atomic_write(out / "config.toml", spec.to_toml().encode())
-    spec_search = SearchSpec(
-        problem.sense, problem.solution_length, problem.initial_center(), problem.initial_stdev
-    )
-    algorithm: Algorithm = ALGORITHMS.get(spec.algorithm)(spec.algo, spec_search, spec.run.seed)
-    state = _State()
-    if saved:
-        algorithm.load_state_dict(saved["algorithm"])
-        state = _State(**saved["loop"])
-    _truncate_metrics(out / "metrics.jsonl", state.generation)
-
     stop = _SignalStop()
     with stop:
+        # The evaluator prepares the problem (loads a model) before the search space is asked for.
         evaluator = (make_evaluator or _default_evaluator)(problem, spec)
         try:
+            center = problem.initial_center()
+            search = SearchSpec(problem.sense, problem.solution_length, center, problem.initial_stdev)
+            algorithm: Algorithm = ALGORITHMS.get(spec.algorithm)(spec.algo, search, spec.run.seed)
+            state = _State()
+            if saved:
+                algorithm.load_state_dict(saved["algorithm"])
+                state = _State(**saved["loop"])
+            _truncate_metrics(out / "metrics.jsonl", state.generation)
             for cb in callbacks:
                 cb.on_start(spec, problem, algorithm, state.generation)
             reason = _loop(spec, problem, algorithm, evaluator, state, out, callbacks, stop)
