@@ -127,6 +127,80 @@ def list_() -> None:
     console.print("run settings: " + ", ".join(f"{n} = {d}" for n, d, _ in describe_fields(RunConfig)))
 
 
+@app.command()
+def tune(
+    algo: AlgoOpt = None,
+    problem: ProblemOpt = None,
+    trials: Annotated[int, typer.Option(help="finished trials the study should hold, in total")] = 20,
+    storage: Annotated[
+        str | None, typer.Option(help="Optuna storage URL shared by workers (default sqlite:///OUT/study.db)")
+    ] = None,
+    study: Annotated[str | None, typer.Option(help="study name (default <problem>-<algo>)")] = None,
+    out: Annotated[Path | None, typer.Option(help="folder (default runs/tune-<problem>-<algo>)")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    space: Annotated[Path | None, typer.Option(help="TOML file changing the search space")] = None,
+    pruner: Annotated[str, typer.Option(help="median (stop trailing trials early) or none")] = "median",
+    sampler_seed: Annotated[int | None, typer.Option(help="seed of Optuna's TPE sampler")] = None,
+) -> None:
+    """Tune an algorithm's hyperparameters with Optuna; trial 0 runs the defaults. See docs/tuning.md."""
+    from rich.console import Console
+
+    from gfo.loop import Interrupted
+    from gfo.spec import resolve
+    from gfo.tune import TuneSettings, print_result
+    from gfo.tune import tune as run_tune
+
+    spec = resolve(algo, problem, config_file=config, overrides=list(set_ or []))
+    out = out or Path("runs") / f"tune-{spec.problem_name}-{spec.algorithm}"
+    settings = TuneSettings(
+        trials=trials, out=out, storage=storage, study=study, space_file=space, pruner=pruner,
+        sampler_seed=sampler_seed,
+    )  # fmt: skip
+    console = Console(stderr=True)
+    try:
+        result = run_tune(spec, settings, log=console.print)
+    except Interrupted as exc:
+        console.print("stopped; the interrupted trial is marked failed. Rerun the same command to continue.")
+        raise typer.Exit(exc.exit_code) from None
+    print_result(result, Console())
+
+
+@app.command()
+def bench(
+    algos: Annotated[str, typer.Option(help="comma-separated algorithms, e.g. es,pgpe,cmaes")],
+    problem: ProblemOpt = None,
+    seeds: Annotated[int, typer.Option(help="seeds per algorithm: run.seed, run.seed + 1, ...")] = 5,
+    budget_evals: Annotated[int | None, typer.Option(help="evaluations per run (a fair budget)")] = None,
+    generations: Annotated[int | None, typer.Option(help="generations per run (run.generations)")] = None,
+    target: Annotated[float | None, typer.Option(help="report evaluations to reach this fitness")] = None,
+    out: Annotated[Path | None, typer.Option(help="benchmark folder (default runs/bench-<problem>)")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    force: Annotated[bool, typer.Option(help="rerun every run, even completed ones")] = False,
+) -> None:
+    """Every algorithm x seed on one problem and budget: results.csv, summary.md, curves.png."""
+    from rich.console import Console
+
+    from gfo import bench as b
+    from gfo.loop import Interrupted
+
+    names = b.parse_algos(algos)
+    out = out or Path("runs") / f"bench-{problem or 'problem'}"
+    runs = b.plan(
+        names, problem, seeds=seeds, out=out, config_file=config, overrides=list(set_ or []),
+        budget_evals=budget_evals, generations=generations, force=force,
+    )  # fmt: skip
+    console = Console(stderr=True)
+    try:
+        b.run_all(runs, force=force, log=console.print)
+    except Interrupted as exc:
+        console.print("stopped; checkpoint saved. Rerun the same command to continue the benchmark.")
+        raise typer.Exit(exc.exit_code) from None
+    result = b.report(runs, out, target=target, budget=b.budget_text(runs[0].spec))
+    b.print_result(result, Console())
+
+
 def main() -> None:
     """Entry point: user errors are one line on stderr and exit code 2, never a traceback."""
     try:
