@@ -201,6 +201,109 @@ def bench(
     b.print_result(result, Console())
 
 
+def _problem_settings(problem: str | None, config: Path | None, overrides: list[str]) -> tuple[str, object]:
+    """Problem name and config for the commands without an algorithm (eval, sft): [problem] + --set."""
+    from gfo import config as cfg
+    from gfo.registry import PROBLEMS
+
+    data = cfg.read_toml(config) if config else {}
+    name = problem or data.get("problem_name")
+    if not name:
+        raise GfoError("no problem given; use --problem NAME (see `gfo list`)")
+    parsed = cfg.parse_set(overrides)
+    for section in ("algo", "run"):
+        if parsed[section]:
+            key = next(iter(parsed[section]))
+            raise GfoError(
+                f"--set {section}.{key} has no effect here; this command takes problem.KEY=VALUE only"
+            )
+    values = {**data.get("problem", {}), **parsed["problem"]}
+    return name, cfg.build(PROBLEMS.get(name).Config, values, "problem")
+
+
+@app.command("eval")
+def eval_(
+    problem: ProblemOpt = None,
+    adapter: Annotated[
+        Path | None, typer.Option(help="PEFT adapter directory (default: problem.init_adapter, else none)")
+    ] = None,
+    split: Annotated[str, typer.Option(help="split to evaluate (train or test)")] = "test",
+    limit: Annotated[int | None, typer.Option(help="evaluate the split's first N items")] = None,
+    out: Annotated[Path | None, typer.Option(help="folder (default runs/eval-<problem>-<split>)")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+) -> None:
+    """Greedy accuracy of the model (+ adapter) on a split: OUT/eval.json and OUT/completions.jsonl."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from gfo_llm.evaluate import evaluate
+
+    name, settings = _problem_settings(problem, config, list(set_ or []))
+    out = out or Path("runs") / f"eval-{name}-{split}"
+    console = Console(stderr=True)
+    bar = Progress(
+        TextColumn("eval"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(), console=console, disable=quiet, transient=True,
+    )  # fmt: skip
+    task = bar.add_task("eval", total=None, status="loading the model...")
+
+    def update(done: int, total: int, accuracy: float) -> None:
+        bar.update(task, completed=done, total=total, status=f"accuracy {accuracy:.3f}")
+
+    with bar:
+        result = evaluate(name, settings, adapter=adapter, split=split, limit=limit, out=out, progress=update)  # type: ignore[arg-type]
+    console.print(
+        f"accuracy {result['accuracy']:.4f} ({result['correct']}/{result['items']} correct) on {name} "
+        f"{split}, {result['generated_tokens']} tokens in {result['wall_s']:.1f} s; results in {out}/",
+        soft_wrap=True,
+    )
+
+
+@app.command()
+def sft(
+    problem: ProblemOpt = None,
+    out: Annotated[Path | None, typer.Option(help="folder (default runs/sft-<problem>)")] = None,
+    epochs: Annotated[float, typer.Option(help="passes over the training examples")] = 1.0,
+    batch_size: Annotated[int, typer.Option(help="examples per step")] = 16,
+    lr: Annotated[float, typer.Option(help="learning rate")] = 1e-4,
+    limit: Annotated[int | None, typer.Option(help="train on the first N training examples")] = None,
+    seed: Annotated[int, typer.Option(help="seed of the LoRA init and data order")] = 0,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+) -> None:
+    """Supervised LoRA warm start on the task's references (ESSA): OUT/adapter for problem.init_adapter."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from gfo_llm.sft import SFTSettings
+    from gfo_llm.sft import sft as run_sft
+
+    name, settings = _problem_settings(problem, config, list(set_ or []))
+    train = SFTSettings(epochs=epochs, batch_size=batch_size, lr=lr, limit=limit, seed=seed)
+    out = out or Path("runs") / f"sft-{name}"
+    console = Console(stderr=True)
+    bar = Progress(
+        TextColumn("sft step"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(), console=console, disable=quiet, transient=True,
+    )  # fmt: skip
+    task = bar.add_task("sft", total=None, status="loading the model...")
+
+    def update(step: int, total: int, loss: float | None) -> None:
+        bar.update(task, completed=step, total=total, status="" if loss is None else f"loss {loss:.4f}")
+
+    with bar:
+        result = run_sft(name, settings, train, out, progress=update)  # type: ignore[arg-type]
+    console.print(
+        f"done: {result['steps']} steps on {result['examples']} examples, loss {result['first_loss']:.4g} -> "
+        f"{result['last_loss']:.4g}, {result['wall_s']:.0f} s; adapter in {result['adapter']}",
+        soft_wrap=True,
+    )
+    console.print(f"warm-start a search with: --set problem.init_adapter={result['adapter']}", soft_wrap=True)
+
+
 def main() -> None:
     """Entry point: user errors are one line on stderr and exit code 2, never a traceback."""
     try:

@@ -165,9 +165,14 @@ class LLMProblem(Problem):
         result = self.engine.generate(solutions, prompts, self.config.max_new_tokens)
         rewards = [self.task.reward(result.completions[c], examples) for c in range(len(solutions))]
         records = [
-            {"prompt": p, "completion": text, "reward": r, "tokens": n}
-            for p, text, r, n in zip(
-                prompts, result.completions[0], rewards[0], result.num_tokens[0], strict=True
+            {"prompt": p, "completion": text, "reward": r, "tokens": n, "finished": done}
+            for p, text, r, n, done in zip(
+                prompts,
+                result.completions[0],
+                rewards[0],
+                result.num_tokens[0],
+                result.finished[0],
+                strict=True,
             )
         ]
         return torch.tensor([sum(r) / len(r) for r in rewards], dtype=torch.float64), records

@@ -1,0 +1,162 @@
+"""Accuracy of a model, or of a model plus a PEFT adapter, on a task split (`gfo eval`).
+
+The items go through the same path as the search's held-out evaluation (`LLMProblem.score`: the
+task's prompt in the chat template, greedy decoding with the batched engine, the task's reward), so
+`gfo eval --adapter RUN/adapter` on the held-out items reproduces the run's held-out score.
+
+The problem is built with the LoRA space (its centre is the initial adapter exactly, with no SVD
+round-off) and, without an adapter, the random init (B = 0: the low-rank term is exactly zero and
+the base weights are untouched), so the numbers are those of the model itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from gfo.checkpoint import atomic_write
+from gfo.errors import GfoError
+from gfo.registry import PROBLEMS
+from gfo_llm.config import LLMConfig
+
+COMPLETIONS = "completions.jsonl"
+RESULT = "eval.json"
+
+#: progress(done_items, total_items, mean_reward_so_far)
+Progress = Callable[[int, int, float], None]
+
+
+def adapter_settings(path: str | Path) -> tuple[int, tuple[str, ...] | None]:
+    """Rank and target modules recorded in a PEFT adapter's `adapter_config.json`.
+
+    An adapter exported by `gfo run` after a PiSSA start has rank 2r (see `gfo_llm.adapters`), so
+    the rank to load it with is read from the file, never assumed. Target modules are None when
+    the file names them by a regular expression.
+    """
+    file = Path(path).expanduser() / "adapter_config.json"
+    try:
+        config = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise GfoError(
+            f"adapter {str(path)!r} has no adapter_config.json; pass a PEFT LoRA adapter directory "
+            "(e.g. RUN/adapter from `gfo run` or OUT/adapter from `gfo sft`)"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise GfoError(f"cannot read {file}: {exc}; pass a PEFT LoRA adapter directory") from None
+    if not isinstance(config, dict) or not isinstance(config.get("r"), int):
+        raise GfoError(f"{file} has no integer rank 'r'; pass a PEFT LoRA adapter directory")
+    modules = config.get("target_modules")
+    if isinstance(modules, list) and modules:
+        return config["r"], tuple(sorted(str(m) for m in modules))
+    return config["r"], None
+
+
+def eval_config(config: LLMConfig, adapter: str | Path | None) -> LLMConfig:
+    """The problem settings that make the search centre equal the model (+ adapter) exactly."""
+    if adapter is None:
+        return dataclasses.replace(config, init_adapter=None, init="random", space="lora")
+    rank, modules = adapter_settings(adapter)
+    return dataclasses.replace(
+        config,
+        init_adapter=str(adapter),
+        rank=rank,
+        target_modules=modules or config.target_modules,
+        space="lora",
+    )
+
+
+def evaluate(
+    problem_name: str,
+    config: LLMConfig,
+    *,
+    adapter: str | Path | None = None,
+    split: str = "test",
+    limit: int | None = None,
+    out: Path | None = None,
+    chunk_size: int | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Greedy accuracy (mean reward) of the model, or model + `adapter`, on a split of a task.
+
+    `adapter` defaults to `config.init_adapter`; `limit` keeps the split's first items. Items are
+    generated `chunk_size` at a time (default `config.row_budget`, one generate call each). With
+    `out`, writes `out/completions.jsonl` (one record per item: the exact prompt text after the
+    chat template, completion, reward, tokens, whether it stopped before the cap, the example) and
+    `out/eval.json` (the returned summary).
+    """
+    from gfo_llm.problem import LLMProblem
+
+    cls = PROBLEMS.get(problem_name)
+    if not (isinstance(cls, type) and issubclass(cls, LLMProblem)):
+        raise GfoError(
+            f"problem {problem_name!r} is not an LLM task; gfo eval takes e.g. gsm8k or arithmetic"
+        )
+    if limit is not None and limit < 1:
+        raise GfoError(f"--limit must be >= 1; got {limit}, or leave it out to evaluate the whole split")
+    if chunk_size is not None and chunk_size < 1:
+        raise GfoError(f"chunk_size must be >= 1; got {chunk_size}")
+    adapter = adapter if adapter is not None else config.init_adapter
+    adapter = str(Path(adapter).expanduser().resolve()) if adapter is not None else None
+    config = eval_config(config, adapter)
+
+    started = time.perf_counter()
+    problem = cls(config)
+    problem.prepare()
+    load_s = time.perf_counter() - started
+    examples = list(problem.task.examples(split))[:limit]
+    if not examples:
+        raise GfoError(f"{problem.task.name} split {split!r} is empty; pick another --split")
+    center = problem.initial_center()[None]
+    chunk = chunk_size or config.row_budget
+    records: list[dict[str, Any]] = []
+    rewards = 0.0
+    generate_started = time.perf_counter()
+    for start in range(0, len(examples), chunk):
+        part = examples[start : start + chunk]
+        _, items = problem.score(center, part)
+        for offset, (item, example) in enumerate(zip(items, part, strict=True)):
+            records.append({"index": start + offset, **item, "example": dict(example)})
+            rewards += float(item["reward"])
+        if progress is not None:
+            progress(len(records), len(examples), rewards / len(records))
+    generate_s = time.perf_counter() - generate_started
+
+    tokens = sum(int(r["tokens"]) for r in records)
+    summary: dict[str, Any] = {
+        "problem": problem_name,
+        "task": problem.task.name,
+        "split": split,
+        "items": len(records),
+        "accuracy": rewards / len(records),
+        "correct": sum(1 for r in records if r["reward"] >= 1.0),
+        "adapter": adapter,
+        "adapter_rank": config.rank if adapter else None,
+        "model": problem.model_id,
+        "dtype": config.dtype,
+        "max_new_tokens": config.max_new_tokens,
+        "system_prompt": config.system_prompt,
+        "generated_tokens": tokens,
+        "tokens_per_s": round(tokens / generate_s, 2) if generate_s > 0 else math.nan,
+        "capped_fraction": sum(1 for r in records if not r["finished"]) / len(records),
+        "load_s": round(load_s, 3),
+        "wall_s": round(time.perf_counter() - started, 3),
+    }
+    if out is not None:
+        write_results(out, summary, records)
+    return summary
+
+
+def write_results(out: Path, summary: dict[str, Any], records: list[dict[str, Any]]) -> None:
+    """`out/completions.jsonl` and `out/eval.json`, each written atomically."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise GfoError(f"cannot create {out}: {exc.strerror}; pick another --out") from None
+    lines = "".join(json.dumps(r, default=str) + "\n" for r in records)
+    atomic_write(out / COMPLETIONS, lines.encode())
+    atomic_write(out / RESULT, (json.dumps(summary, indent=2) + "\n").encode())

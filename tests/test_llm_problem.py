@@ -1,0 +1,259 @@
+"""LLMProblem on the tiny model: runs with every algorithm, common random numbers, batched = alone.
+
+The tiny model is a random 2-layer Llama, so its rewards on real tasks are 0; where a fitness has
+to tell candidates apart, `TextTask` rewards a deterministic function of the completion's text.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+import torch
+
+from gfo.loop import prepare_run_dir, run
+from gfo.problem import Context
+from gfo.registry import ALGORITHMS
+from gfo.spec import resolve
+from gfo_llm.problem import LLMProblem
+from problems.arithmetic import Arithmetic, ArithmeticConfig
+
+TINY = ("problem.dtype=fp32", "problem.max_new_tokens=8", "problem.batch_size=2", "problem.eval_limit=4")
+
+
+class TextTask(Arithmetic):
+    """Arithmetic prompts with a reward that separates random completions: a hash of the text."""
+
+    name: ClassVar[str] = "text-reward"
+
+    def reward(self, completions: Sequence[str], examples: Sequence[Any]) -> list[float]:
+        return [sum(map(ord, text)) % 101 / 100 for text in completions]
+
+
+TextProblem = LLMProblem.for_task(TextTask)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    # The tiny model's matrices are 64 wide: one thread is faster, and far faster on a busy machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _restore_grad_mode() -> Iterator[None]:
+    # LLMProblem.prepare switches autograd off process-wide; other tests must not inherit that.
+    enabled = torch.is_grad_enabled()
+    yield
+    torch.set_grad_enabled(enabled)
+
+
+def run_tiny(out: Path, algo: str, problem: str, model_dir: Path, *overrides: str) -> dict[str, Any]:
+    spec = resolve(
+        algo,
+        problem,
+        overrides=[f"problem.model={model_dir}", *TINY, "algo.popsize=4", "run.generations=2", *overrides],
+    )
+    prepare_run_dir(out, resume=False, force=False)
+    return run(spec, out)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def tiny_problem(model_dir: Path, **settings: Any) -> LLMProblem:
+    config = ArithmeticConfig(
+        model=str(model_dir), dtype="fp32", max_new_tokens=8, batch_size=3, train_size=10, **settings
+    )
+    problem = TextProblem(config)
+    problem.prepare()
+    return problem
+
+
+@pytest.fixture(scope="module")
+def text_problem(tiny_model_dir: Path) -> LLMProblem:
+    """A prepared problem shared by the tests that only read it (SVD space, rank 2)."""
+    return tiny_problem(tiny_model_dir, rank=2)
+
+
+# ------------------------------------------------------------------ runs
+
+
+# CEM refits its spread to the elite: 4 x 0.25 = 1 elite has no spread (NaN), so keep 2.
+ALGO_SETTINGS = {"cem": ("algo.parenthood_ratio=0.5",)}
+
+
+@pytest.mark.parametrize("algo", ALGORITHMS.names())
+def test_gsm8k_runs_with_every_algorithm(
+    algo: str, tiny_model_dir: Path, gsm8k_data_dir: Path, tmp_path: Path
+) -> None:
+    summary = run_tiny(
+        tmp_path,
+        algo,
+        "gsm8k",
+        tiny_model_dir,
+        f"problem.data_dir={gsm8k_data_dir}",
+        "problem.eval_every=1",
+        *ALGO_SETTINGS.get(algo, ()),
+    )
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
+    assert [r["generation"] for r in rows] == [0, 1]
+    for r in rows:
+        numbers = [v for v in r.values() if isinstance(v, float)]
+        assert all(math.isfinite(v) for v in numbers), r  # e.g. a NaN step size poisons the population
+        assert "nonfinite_total" not in r
+        assert r["evaluations"] == 4 * (r["generation"] + 1)
+        assert 0.0 <= r["best"] <= 1.0
+        assert set(r["heldout"]) == {"center", "best"}
+        # 4 candidates x 2 prompts x at most 8 tokens, at least one token each
+        assert 8 <= r["generated_tokens"] <= 64
+        assert r["completions"] == 8
+    assert summary["peak_rss_mb"] > 0
+    assert summary["exported"] == "adapter"
+    assert summary["selected_by"] == "heldout"
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["r"] == 16  # PiSSA start: the adapter for the original base has rank 2r
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    ("space", "init"), [("svd", "pissa"), ("svd", "random"), ("lora", "pissa"), ("lora", "random")]
+)
+def test_both_spaces_and_inits_run(space: str, init: str, tiny_model_dir: Path, tmp_path: Path) -> None:
+    summary = run_tiny(
+        tmp_path,
+        "pgpe",
+        "arithmetic",
+        tiny_model_dir,
+        f"problem.space={space}",
+        f"problem.init={init}",
+        "problem.rank=2",
+        "problem.eval_every=0",
+        "run.generations=1",
+    )
+    per_module = 2 * 2 if space == "svd" else None  # two factors x r singular values
+    modules = 2 * 4  # 2 layers x q, k, v, o
+    if per_module is not None:
+        assert summary["search_dim"] == modules * per_module
+    else:  # A (r x 64) and B (out x r) per module: q, o are 64x64, k, v 32x64 (2 KV heads of 16)
+        assert summary["search_dim"] == 2 * (2 * (2 * 64 + 64 * 2) + 2 * (2 * 64 + 32 * 2))
+    assert summary["space"] == space and summary["init"] == init
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["r"] == (4 if init == "pissa" else 2)
+
+
+# ------------------------------------------------------------------ common random numbers
+
+
+def test_minibatch_is_a_pure_function_of_seed_and_generation(
+    text_problem: LLMProblem, tiny_model_dir: Path
+) -> None:
+    problem = text_problem
+    again = tiny_problem(tiny_model_dir, rank=3)  # another worker, even with other settings
+    assert problem.minibatch(Context(3, 7)) == again.minibatch(Context(3, 7))
+    assert problem.minibatch(Context(3, 7)) == problem.minibatch(Context(3, 7))
+    assert problem.minibatch(Context(0, 7)) != problem.minibatch(Context(1, 7))
+    assert problem.minibatch(Context(0, 7)) != problem.minibatch(Context(0, 8))
+    # Consecutive generations walk through seeded shuffles: every item once per epoch (10 = 3+3+3+1).
+    epoch = [ex for g in range(4) for ex in problem.minibatch(Context(g, 7))][:10]
+    assert sorted(ex["expression"] for ex in epoch) == sorted(ex["expression"] for ex in problem.train)
+    assert all(len(problem.minibatch(Context(g, 7))) == 3 for g in range(8))
+
+
+def test_candidates_share_prompts_and_generations_differ(
+    text_problem: LLMProblem, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    problem = text_problem
+    calls: list[tuple[int, list[str]]] = []
+    generate = problem.engine.generate
+
+    def spy(vectors: torch.Tensor, prompts: Sequence[str], max_new_tokens: int) -> Any:
+        calls.append((len(vectors), list(prompts)))
+        return generate(vectors, prompts, max_new_tokens)
+
+    monkeypatch.setattr(problem.engine, "generate", spy)
+    population = problem.initial_center().repeat(4, 1)
+    first = problem.evaluate(population, Context(0, 0))
+    problem.evaluate(population, Context(1, 0))
+    # One call for the whole population, on the generation's mini-batch.
+    assert [n for n, _ in calls] == [4, 4]
+    assert calls[0][1] == problem.prompts(problem.minibatch(Context(0, 0)))
+    assert calls[0][1] != calls[1][1]
+    # Identical candidates on the same prompts get identical fitness.
+    assert first.fitness.tolist() == [first.fitness[0].item()] * 4
+
+
+# ------------------------------------------------------------------ batched = sequential
+
+
+@pytest.mark.parametrize("space", ["svd", "lora"])
+def test_batched_population_equals_each_candidate_alone(
+    space: str, text_problem: LLMProblem, tiny_model_dir: Path
+) -> None:
+    problem = text_problem if space == "svd" else tiny_problem(tiny_model_dir, space=space, rank=2)
+    generator = torch.Generator().manual_seed(0)
+    spread = 1.0 if space == "svd" else 0.3
+    population = problem.initial_center() + spread * torch.randn(
+        4, problem.solution_length, generator=generator
+    )
+    context = Context(generation=2, seed=1)
+    together = problem.evaluate(population, context)
+    alone = [problem.evaluate(population[i : i + 1], context) for i in range(4)]
+    assert together.fitness.tolist() == [a.fitness.item() for a in alone]
+    # The candidates really differ (the comparison is not between identical outputs).
+    assert len(set(together.fitness.tolist())) > 1
+    assert together.counters["generated_tokens"] == sum(a.counters["generated_tokens"] for a in alone)
+
+
+# ------------------------------------------------------------------ forward passes only
+
+
+def test_evaluation_uses_no_gradients(text_problem: LLMProblem) -> None:
+    problem = text_problem
+    seen: list[tuple[bool, bool]] = []
+
+    def hook(module: torch.nn.Module, args: Any, output: torch.Tensor) -> None:
+        seen.append((torch.is_grad_enabled(), output.requires_grad))
+
+    handle = problem.model.get_submodule("model.layers.0.self_attn.q_proj").register_forward_hook(hook)
+    try:
+        problem.evaluate(problem.initial_center().repeat(2, 1), Context(0, 0))
+    finally:
+        handle.remove()
+    assert seen and not any(grad or requires for grad, requires in seen)
+    assert not any(p.requires_grad for p in problem.model.parameters())
+
+
+# ------------------------------------------------------------------ the bundled model
+
+
+@pytest.mark.slow
+def test_bundled_model_runs_pgpe_on_arithmetic(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "gfo.cli", "run", "--algo", "pgpe", "--problem", "arithmetic",
+            "--popsize", "4", "--generations", "2", "--out", str(out), "--quiet",
+            "--set", "problem.batch_size=4", "--set", "problem.max_new_tokens=32",
+            "--set", "problem.eval_every=2", "--set", "problem.eval_limit=8",
+        ],
+        capture_output=True, text=True, timeout=1200,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert len(rows) == 2 and "heldout" in rows[1]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["search_dim"] == 30 * 4 * 2 * 8  # ESSA: layers x 4 matrices x 2 factors x r
+    samples = read_jsonl(out / "samples.jsonl")
+    # A real model answers arithmetic with numbers, not random tokens.
+    assert any(ch.isdigit() for s in samples for ch in s["completion"])
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()

@@ -1,0 +1,259 @@
+"""`gfo eval` and `gfo sft` on the tiny model, through the CLI's entry point function.
+
+The reference for every evaluation is plain transformers (+ `peft.PeftModel`) greedy generation on
+the ORIGINAL model directory: an exported adapter must give the completions the run scored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+import torch
+
+from gfo.cli import main
+from gfo.registry import PROBLEMS
+from gfo_llm.evaluate import adapter_settings, evaluate
+from gfo_llm.problem import LLMProblem
+from problems.arithmetic import Arithmetic, ArithmeticConfig
+
+TEXT_PROBLEM = "test-eval-text-reward"
+TINY = ("problem.dtype=fp32", "problem.max_new_tokens=8")
+
+
+class TextTask(Arithmetic):
+    """Arithmetic prompts with a reward that separates random completions: a hash of the text."""
+
+    name: ClassVar[str] = "text-reward"
+
+    def reward(self, completions: Sequence[str], examples: Sequence[Any]) -> list[float]:
+        return [sum(map(ord, text)) % 101 / 100 for text in completions]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _setup() -> Iterator[None]:
+    if TEXT_PROBLEM not in PROBLEMS.names():
+        PROBLEMS.register(TEXT_PROBLEM, LLMProblem.for_task(TextTask))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the tiny model is faster on one thread, far faster on a busy machine
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _restore_grad_mode() -> Iterator[None]:
+    enabled = torch.is_grad_enabled()  # LLMProblem.prepare switches autograd off process-wide
+    yield
+    torch.set_grad_enabled(enabled)
+
+
+def gfo(*args: str) -> tuple[int, str]:
+    """Run `gfo ARGS` through the entry point function, in this process: (exit code, stderr)."""
+    err = io.StringIO()
+    argv = sys.argv
+    sys.argv = ["gfo", *args]
+    try:
+        with contextlib.redirect_stderr(err):
+            main()
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    finally:
+        sys.argv = argv
+    return code, err.getvalue()
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def reference_completions(
+    model_dir: Path, prompts: list[str], max_new_tokens: int, adapter: Path | None
+) -> list[str]:
+    """Greedy completions from plain transformers (+ PEFT), one left-padded batch, cut at the first EOS."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
+    model: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if adapter is not None:
+        model = PeftModel.from_pretrained(model, adapter)
+    model.eval()
+    eos = {tokenizer.eos_token_id}
+    configured = model.generation_config.eos_token_id
+    eos |= set(configured) if isinstance(configured, list) else {configured} - {None}
+    batch = tokenizer(prompts, padding=True, return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        out = model.generate(
+            **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=sorted(eos),
+        )  # fmt: skip
+    texts: list[str] = []
+    for row in out[:, batch["input_ids"].shape[1] :].tolist():
+        stop = next((i for i, token in enumerate(row) if token in eos), None)
+        texts.append(
+            str(tokenizer.decode(row if stop is None else row[: stop + 1], skip_special_tokens=True))
+        )
+    return texts
+
+
+# ------------------------------------------------------------------ eval
+
+
+@pytest.fixture(scope="module")
+def run_and_evals(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A short search on the text-reward task, then `gfo eval` of its adapter and of the base model."""
+    root = tmp_path_factory.mktemp("eval")
+    common = ("--set", f"problem.model={tiny_model_dir}", *[a for s in TINY for a in ("--set", s)])
+    code, err = gfo(
+        "run", "--algo", "pgpe", "--problem", TEXT_PROBLEM, "--popsize", "4", "--generations", "2",
+        "--out", str(root / "run"), "--quiet", *common, "--set", "problem.batch_size=2",
+        "--set", "problem.eval_every=1", "--set", "problem.eval_limit=4", "--set", "problem.stdev=0.5",
+    )  # fmt: skip
+    assert code == 0, err
+    for name, extra in (("adapter", ("--adapter", str(root / "run" / "adapter"))), ("base", ())):
+        code, err = gfo(
+            "eval", "--problem", TEXT_PROBLEM, "--limit", "4", "--out", str(root / name), "--quiet",
+            *common, *extra,
+        )  # fmt: skip
+        assert code == 0, err
+    return {"run": root / "run", "adapter": root / "adapter", "base": root / "base"}
+
+
+def test_exported_adapter_reproduces_the_run_in_peft(
+    run_and_evals: dict[str, Path], tiny_model_dir: Path
+) -> None:
+    run, evaluated = run_and_evals["run"], run_and_evals["adapter"]
+    records = read_jsonl(evaluated / "completions.jsonl")
+    result = json.loads((evaluated / "eval.json").read_text())
+    assert [r["index"] for r in records] == [0, 1, 2, 3]
+    assert result["items"] == 4 and result["adapter_rank"] == 16  # PiSSA export: rank 2r
+    prompts = [r["prompt"] for r in records]
+    peft_texts = reference_completions(tiny_model_dir, prompts, 8, run / "adapter")
+    assert [r["completion"] for r in records] == peft_texts
+    # The held-out score of eval.json is the task's reward of the PEFT completions ...
+    examples = [r["example"] for r in records]
+    rewards = TextTask(ArithmeticConfig()).reward(peft_texts, examples)
+    assert result["accuracy"] == pytest.approx(sum(rewards) / 4, abs=1e-12)
+    # ... and the score the run gave the exported solution on the same held-out items.
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["selected_by"] == "heldout"
+    assert result["accuracy"] == pytest.approx(summary["heldout_best"], abs=1e-12)
+    # The adapter changes the model: the comparison is not between two copies of the base model.
+    base = read_jsonl(run_and_evals["base"] / "completions.jsonl")
+    assert [r["completion"] for r in base] != peft_texts
+
+
+def test_eval_of_the_base_model_is_plain_transformers(
+    run_and_evals: dict[str, Path], tiny_model_dir: Path
+) -> None:
+    records = read_jsonl(run_and_evals["base"] / "completions.jsonl")
+    result = json.loads((run_and_evals["base"] / "eval.json").read_text())
+    assert result["adapter"] is None and result["split"] == "test" and result["model"] == str(tiny_model_dir)
+    prompts = [r["prompt"] for r in records]
+    assert [r["completion"] for r in records] == reference_completions(tiny_model_dir, prompts, 8, None)
+    # The exact text the model saw: the task prompt inside the chat template.
+    task = TextTask(ArithmeticConfig())
+    assert records[0]["prompt"].endswith(
+        f"<|im_start|>user\n{task.prompt(records[0]['example'])}<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert result["accuracy"] == pytest.approx(sum(r["reward"] for r in records) / 4, abs=1e-12)
+    assert result["generated_tokens"] == sum(r["tokens"] for r in records)
+    assert result["capped_fraction"] == sum(not r["finished"] for r in records) / 4
+
+
+def test_eval_library_chunks_give_the_same_result(
+    run_and_evals: dict[str, Path], tiny_model_dir: Path
+) -> None:
+    config = LLMProblem.for_task(TextTask).Config(model=str(tiny_model_dir), dtype="fp32", max_new_tokens=8)
+    seen: list[tuple[int, int]] = []
+    result = evaluate(
+        TEXT_PROBLEM, config, limit=4, chunk_size=3, progress=lambda d, t, _: seen.append((d, t))
+    )
+    assert seen == [(3, 4), (4, 4)]
+    whole = json.loads((run_and_evals["base"] / "eval.json").read_text())
+    assert result["accuracy"] == whole["accuracy"]
+
+
+def test_eval_refuses_bad_input(tmp_path: Path) -> None:
+    code, err = gfo("eval", "--problem", "sphere", "--out", str(tmp_path))
+    assert code == 2 and err.strip().splitlines() == [
+        "error: problem 'sphere' is not an LLM task; gfo eval takes e.g. gsm8k or arithmetic"
+    ]
+    code, err = gfo("eval", "--problem", "arithmetic", "--set", "run.seed=1")
+    assert code == 2 and "takes problem.KEY=VALUE only" in err
+    code, err = gfo("eval", "--problem", "arithmetic", "--adapter", str(tmp_path))
+    assert code == 2 and "has no adapter_config.json" in err
+    with pytest.raises(Exception, match="must be >= 1"):
+        evaluate("arithmetic", ArithmeticConfig(), limit=0)
+
+
+# ------------------------------------------------------------------ sft
+
+
+def test_sft_prompts_are_the_search_prompts(tiny_model_dir: Path) -> None:
+    from gfo_llm.sft import task_for, training_pairs
+
+    config = ArithmeticConfig(model=str(tiny_model_dir), dtype="fp32", system_prompt="Be brief.")
+    problem = PROBLEMS.get("arithmetic")(config)
+    problem.prepare()
+    prompts, completions = training_pairs(task_for("arithmetic", config), problem.tokenizer, config, limit=3)
+    examples = list(problem.task.examples("train"))[:3]
+    assert prompts == problem.prompts(examples)
+    assert (
+        completions[0]
+        == f"{examples[0]['expression']} = {examples[0]['target']}\n#### {examples[0]['target']}<|im_end|>"
+    )
+
+
+def test_sft_adapter_warm_starts_a_run(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from gfo_llm.model import load_model
+    from gfo_llm.spaces import load_peft_adapter
+
+    model = ("--set", f"problem.model={tiny_model_dir}", "--set", "problem.rank=4")
+    code, err = gfo(
+        "sft", "--problem", "arithmetic", "--out", str(tmp_path / "sft"), "--limit", "8",
+        "--batch-size", "4", "--lr", "0.01", "--quiet", *model,
+    )  # fmt: skip
+    assert code == 0, err
+    adapter = tmp_path / "sft" / "adapter"
+    result = json.loads((tmp_path / "sft" / "sft.json").read_text())
+    assert result["steps"] == 2 and result["examples"] == 8
+    assert result["last_loss"] < result["first_loss"]  # it learned something from the references
+    assert (adapter / "adapter_model.safetensors").is_file()
+    assert adapter_settings(adapter) == (4, ("k_proj", "o_proj", "q_proj", "v_proj"))
+    base, _ = load_model(str(tiny_model_dir), "fp32")
+    lora = load_peft_adapter(adapter, base, rank=4, target_modules=("q_proj", "k_proj", "v_proj", "o_proj"))
+    assert len(lora) == 8 and all(b.abs().max() > 0 for _, b in lora.values())  # B was trained from 0
+
+    run = (
+        "run", "--algo", "pgpe", "--problem", "arithmetic", "--popsize", "4", "--generations", "1", "--quiet",
+        "--set", "problem.dtype=fp32", "--set", "problem.max_new_tokens=4", "--set", "problem.batch_size=2",
+        "--set", "problem.eval_every=0", "--set", f"problem.init_adapter={adapter}",
+    )  # fmt: skip
+    code, err = gfo(*run, "--out", str(tmp_path / "run"), *model)
+    assert code == 0, err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["init"] == str(adapter) and summary["search_dim"] == 8 * 2 * 4
+    assert adapter_settings(tmp_path / "run" / "adapter")[0] == 4  # no PiSSA residual: rank stays r
+
+    wrong = ("--set", f"problem.model={tiny_model_dir}", "--set", "problem.rank=8")
+    code, err = gfo(*run, "--out", str(tmp_path / "wrong"), *wrong)
+    assert code == 2
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        f"error: adapter {str(adapter)!r} has rank 4 but rank 8 was asked; set problem.rank=4"
+    )
+
+
+def test_sft_refuses_bad_input() -> None:
+    code, err = gfo("sft", "--problem", "arithmetic", "--lr", "0")
+    assert code == 2 and err.strip().splitlines() == ["error: --lr must be > 0; got 0.0, use e.g. 1e-4"]
+    code, err = gfo("sft", "--problem", "rastrigin")
+    assert code == 2 and "not an LLM task" in err
