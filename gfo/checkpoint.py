@@ -15,6 +15,7 @@ from gfo.errors import GfoError
 
 NAME = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"
+CORRUPT = "checkpoint.corrupt.pt"
 _MAGIC = b"GFOCKPT1"
 
 
@@ -26,6 +27,26 @@ def atomic_write(path: Path, data: bytes) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable (it lives in the directory entry); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def exists(run_dir: Path) -> bool:
+    """True if `run_dir` holds a checkpoint (a kill between `save`'s two renames leaves only PREVIOUS)."""
+    return (run_dir / NAME).exists() or (run_dir / PREVIOUS).exists()
 
 
 def save(run_dir: Path, state: dict[str, Any]) -> None:
@@ -65,7 +86,16 @@ def load(run_dir: Path) -> dict[str, Any]:
             errors.append(f"{path.name}: {exc}")
             continue
         if errors:
-            warnings.warn(f"{errors[0]}; resuming from {path.name} instead", stacklevel=2)
+            # Set the bad file aside: the next `save` would otherwise rotate it into PREVIOUS, leaving a
+            # kill between its two renames with no intact checkpoint at all.
+            os.replace(run_dir / NAME, run_dir / CORRUPT)
+            warnings.warn(
+                f"{errors[0]}; resuming from {path.name} instead (the bad file is kept as {CORRUPT})",
+                stacklevel=2,
+            )
         return state
     detail = f" ({'; '.join(errors)})" if errors else ""
-    raise GfoError(f"no usable checkpoint in {run_dir}{detail}; start a new run without --resume")
+    raise GfoError(
+        f"no usable checkpoint in {run_dir}{detail}; start the run over with "
+        f"`gfo run --config {run_dir / 'config.toml'} --out {run_dir} --force`"
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -87,7 +88,9 @@ def _run(spec: object, out: Path, *, resume: bool, force: bool, quiet: bool) -> 
         summary = run_loop(spec, out, resume=resume, callbacks=[] if quiet else [bar])  # type: ignore[arg-type]
     except Interrupted as exc:
         bar.close()
-        console.print(f"stopped; checkpoint saved. Resume with: gfo run --resume {exc.run_dir}")
+        # soft_wrap: the command must stay on one line to be copied, whatever the terminal width
+        resume_cmd = f"gfo run --resume {shlex.quote(str(exc.run_dir))}"
+        console.print(f"stopped; checkpoint saved. Resume with: {resume_cmd}", soft_wrap=True, markup=False)
         raise typer.Exit(exc.exit_code) from None
     finally:
         bar.close()
@@ -307,7 +310,8 @@ def sft(
 def main() -> None:
     """Entry point: user errors are one line on stderr and exit code 2, never a traceback."""
     try:
-        app(standalone_mode=False)
+        # Without standalone mode typer *returns* the code of a `typer.Exit` (and of Ctrl-C: 130).
+        code = app(standalone_mode=False)
     except GfoError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -316,13 +320,19 @@ def main() -> None:
     except typer.Abort:
         print("aborted", file=sys.stderr)
         sys.exit(130)
-    except Exception as exc:
-        import click
+    except typer.TyperException as exc:
+        # Typer vendors click (typer._click): usage errors such as an unknown option or a value that
+        # is not a number arrive here, not as click.ClickException.
+        from typer._click.exceptions import NoArgsIsHelpError
 
-        if isinstance(exc, click.exceptions.ClickException):
+        if isinstance(exc, NoArgsIsHelpError):  # bare `gfo`: show the help
             exc.show()
-            sys.exit(2)
-        raise
+            sys.exit(exc.exit_code)
+        ctx = getattr(exc, "ctx", None)
+        see = f"; see `{ctx.command_path} --help`" if ctx is not None else ""
+        print(f"error: {' '.join(exc.format_message().split()).rstrip('.')}{see}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

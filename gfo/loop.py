@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save as save_safetensors
 
 from gfo import checkpoint
 from gfo.algorithms import Algorithm, SearchSpec
@@ -102,6 +102,8 @@ def prepare_run_dir(out: Path, *, resume: bool, force: bool) -> None:
     if resume:
         if not (out / "config.toml").exists():
             raise GfoError(f"{out} holds no gfo run (no config.toml); check the path or start a new run")
+        for stale in out.glob(".*.tmp*"):  # temporaries of `checkpoint.atomic_write` cut off by a kill
+            stale.unlink(missing_ok=True)
         return
     existing = [name for name in RUN_FILES if (out / name).exists()]
     if existing and not force:
@@ -110,11 +112,16 @@ def prepare_run_dir(out: Path, *, resume: bool, force: bool) -> None:
             f"--force to overwrite it, or another --out"
         )
     if existing:
-        for name in (*RUN_FILES, "best.safetensors", "curve.png", "samples.jsonl"):
+        for name in (*RUN_FILES, checkpoint.CORRUPT, "best.safetensors", "curve.png", "samples.jsonl"):
             (out / name).unlink(missing_ok=True)
         for sub in ("export", "adapter"):
             shutil.rmtree(out / sub, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise GfoError(f"--out {out} is a file, not a directory; pick another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise GfoError(f"cannot create run directory {out}: {exc.strerror}; pick another --out") from None
 
 
 def run(
@@ -128,13 +135,18 @@ def run(
     """Run (or continue) a search; returns the summary also written to `summary.json`."""
     callbacks = callbacks or []
     problem: Problem = PROBLEMS.get(spec.problem_name)(spec.problem)
-    saved = checkpoint.load(out) if resume and (out / checkpoint.NAME).exists() else None
-    if saved and saved["fingerprint"] != _fingerprint(spec, problem):
-        raise GfoError(
-            f"{out} was made by a different problem or algorithm ({saved['fingerprint']}); "
-            "resume it with its own config.toml or start a new --out"
+    saved = checkpoint.load(out) if resume and checkpoint.exists(out) else None
+    if saved and saved["fingerprint"] != (current := _fingerprint(spec, problem)):
+        was = saved["fingerprint"]
+        changed = ", ".join(
+            f"{k} {was.get(k)!r} -> {current.get(k)!r}"
+            for k in sorted(set(was) | set(current))
+            if was.get(k) != current.get(k)
         )
-    checkpoint.atomic_write(out / "config.toml", spec.to_toml().encode())
+        raise GfoError(
+            f"{out} holds a run of another problem or algorithm ({changed}); resume it without the "
+            "--algo/--problem/--set that change these, or start a new --out"
+        )
     stop = _SignalStop()
     with stop:
         # The evaluator prepares the problem (loads a model) before the search space is asked for.
@@ -148,6 +160,9 @@ def run(
                 algorithm.load_state_dict(saved["algorithm"])
                 state = _State(**saved["loop"])
             _truncate_metrics(out / "metrics.jsonl", state.generation)
+            # Only now: a problem that fails to prepare (a wrong model path) leaves no run behind that
+            # a corrected command would then refuse to overwrite.
+            checkpoint.atomic_write(out / "config.toml", spec.to_toml().encode())
             for cb in callbacks:
                 cb.on_start(spec, problem, algorithm, state.generation)
             reason = _loop(spec, problem, algorithm, evaluator, state, out, callbacks, stop)
@@ -191,7 +206,7 @@ def _loop(
             return "max_evaluations"
         if (
             run_cfg.target is not None
-            and state.generation > 0
+            and not math.isnan(state.best)
             and not better(run_cfg.target, state.best, sense)
         ):
             return "target"
@@ -205,10 +220,13 @@ def _loop(
         steps = algorithm.tell(population, fitness)
 
         idx = int(fitness.argmin() if sense == "min" else fitness.argmax())
-        if math.isnan(state.best) or better(float(fitness[idx]), state.best, sense):
+        # Sanitized values rank below every finite one, so idx is finite unless all were non-finite:
+        # then nothing was learned and a placeholder value must not become the best-so-far.
+        any_finite = bool(torch.isfinite(result.fitness.detach().reshape(-1)[idx]))
+        if any_finite and (math.isnan(state.best) or better(float(fitness[idx]), state.best, sense)):
             state.best, state.best_solution = float(fitness[idx]), population[idx].clone()
         state.evaluations += len(population)
-        values = fitness.tolist()
+        values = fitness.tolist() if any_finite else [math.nan] * len(fitness)
         record: dict[str, Any] = {
             "generation": g,
             "evaluations": state.evaluations,
@@ -285,7 +303,8 @@ def _finish(spec: RunSpec, problem: Problem, state: _State, out: Path, reason: s
     use_heldout = state.heldout_solution is not None
     final = state.heldout_solution if use_heldout else state.best_solution
     tensors = {"best": state.best_solution, "selected": final}
-    save_file({k: v.float().clone() for k, v in tensors.items() if v is not None}, out / "best.safetensors")
+    blob = save_safetensors({k: v.float().clone() for k, v in tensors.items() if v is not None})
+    checkpoint.atomic_write(out / "best.safetensors", blob)
     exported = problem.export(final, out) if final is not None else None
     summary = {
         "algorithm": spec.algorithm,

@@ -1,0 +1,290 @@
+"""Exact resume (issue 7): a run stopped anywhere and resumed ends bit-identical to one never stopped.
+
+"Identical" means every line of metrics.jsonl minus its timing keys, best.safetensors, the final
+algorithm state (centre, step sizes, RNG) and summary.json minus timing. The in-process tests split
+runs of every registered algorithm; the subprocess tests SIGKILL a real `gfo run` at random moments.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gfo import checkpoint, loop
+from gfo.config import read_toml
+from gfo.loop import Callback
+from gfo.registry import ALGORITHMS
+from gfo.spec import resolve
+
+ALGOS = ALGORITHMS.names()
+ROOT = Path(__file__).resolve().parents[1]
+TIMING = {"wall_s", "eval_s", "peak_rss_mb"}
+SMALL = ["problem.dim=6", "run.progress=false"]
+# Slow enough per generation (tens of ms) to be killed mid-generation, cheap enough to redo.
+KILLABLE = ["--problem", "rosenbrock", "--set", "problem.dim=2000", "--popsize", "20"]
+
+
+# ---------------------------------------------------------------- helpers
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_plots() -> Any:
+    """curve.png is no result and takes 3/4 of a small in-process run: skipped here."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("gfo.plots.plot_run", lambda run_dir: run_dir)
+        yield
+
+
+def start_run(out: Path, *args: str, generations: int | None = None) -> subprocess.Popen[bytes]:
+    """A real `gfo run` process (output to files: a full pipe would block it)."""
+    extra = ["--generations", str(generations)] if generations else []
+    log = out.parent / f"{out.name}.log"
+    with log.open("ab") as fh:
+        return subprocess.Popen(
+            [sys.executable, "-m", "gfo.cli", "run", *args, *extra, "--quiet"],
+            cwd=ROOT,
+            stdout=fh,
+            stderr=fh,
+        )
+
+
+def complete_lines(out: Path) -> int:
+    """Generations in metrics.jsonl (a torn last line does not count)."""
+    path = out / "metrics.jsonl"
+    if not path.exists():
+        return 0
+    return sum(1 for line in path.read_bytes().split(b"\n") if line.endswith(b"}"))
+
+
+def wait_for_lines(proc: subprocess.Popen[bytes], out: Path, n: int, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while complete_lines(out) < n:
+        if proc.poll() is not None:
+            log = (out.parent / f"{out.name}.log").read_text()
+            raise AssertionError(f"gfo run exited {proc.returncode} before generation {n}:\n{log}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"no generation {n} after {timeout} s")
+        time.sleep(0.01)
+
+
+def checkpoint_generation(out: Path) -> int:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # atomic writes: a kill never leaves a torn checkpoint.pt
+        return int(checkpoint.load(out)["loop"]["generation"])
+
+
+def run_here(out: Path, algo: str, generations: int, *extra: str, problem: str = "rosenbrock") -> None:
+    """`gfo run` in process."""
+    spec = resolve(algo, problem, overrides=[f"run.generations={generations}", *SMALL, *extra])
+    loop.prepare_run_dir(out, resume=False, force=False)
+    loop.run(spec, out)
+
+
+def resume_here(out: Path, generations: int | None = None, callbacks: list[Callback] | None = None) -> None:
+    """`gfo run --resume OUT [--generations N]` in process."""
+    overrides = [f"run.generations={generations}"] if generations else []
+    spec = resolve(None, None, overrides=overrides, base=read_toml(out / "config.toml"))
+    loop.prepare_run_dir(out, resume=True, force=False)
+    loop.run(spec, out, resume=True, callbacks=callbacks)
+
+
+def metrics(out: Path) -> list[dict[str, Any]]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in TIMING and not k.endswith("_per_s")} for r in rows]
+
+
+def assert_same_state(a: Any, b: Any, where: str = "state") -> None:
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), (where, a.keys(), b.keys())
+        for key in a:
+            if key not in TIMING:
+                assert_same_state(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, list | tuple):
+        assert isinstance(b, list | tuple) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same_state(x, y, f"{where}[{i}]")
+    elif isinstance(a, float) and a != a:
+        assert isinstance(b, float) and b != b, where
+    else:
+        assert a == b, (where, a, b)
+
+
+def assert_same_results(ref: Path, other: Path) -> None:
+    """Everything that is not a timing is bit-identical."""
+    ref_rows, other_rows = metrics(ref), metrics(other)
+    assert len(ref_rows) == len(other_rows), (len(ref_rows), len(other_rows))
+    for a, b in zip(ref_rows, other_rows, strict=True):
+        assert a == b, (a, b)
+    best_a, best_b = load_file(ref / "best.safetensors"), load_file(other / "best.safetensors")
+    assert best_a.keys() == best_b.keys()
+    for key in best_a:
+        assert torch.equal(best_a[key], best_b[key]), key
+    assert_same_state(checkpoint.load(ref), checkpoint.load(other), "checkpoint")
+    summaries = [json.loads((d / "summary.json").read_text()) for d in (ref, other)]
+    assert_same_state(summaries[0], summaries[1], "summary")
+
+
+class StartedAt(Callback):
+    def __init__(self) -> None:
+        self.generation = -1
+
+    def on_start(self, spec: Any, problem: Any, algorithm: Any, start_generation: int) -> None:
+        self.generation = start_generation
+
+
+# ---------------------------------------------------------------- in process, every algorithm
+
+
+@pytest.fixture(scope="module")
+def references(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """An uninterrupted 12-generation run of every algorithm (6-d Rosenbrock)."""
+    root = tmp_path_factory.mktemp("reference")
+    for algo in ALGOS:
+        run_here(root / algo, algo, 12)
+    return {algo: root / algo for algo in ALGOS}
+
+
+def test_every_builtin_algorithm_is_covered() -> None:
+    assert {"es", "pgpe", "snes", "xnes", "cmaes", "sep-cmaes", "cem"} <= set(ALGOS)
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_stop_and_resume_is_bit_identical(algo: str, references: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    run_here(out, algo, 5)
+    assert len(metrics(out)) == 5
+    started = StartedAt()
+    resume_here(out, 12, callbacks=[started])
+    assert started.generation == 5
+    assert_same_results(references[algo], out)
+
+
+@pytest.mark.parametrize("algo", ["cmaes", "pgpe"])
+def test_resume_after_every_generation(algo: str, references: dict[str, Path], tmp_path: Path) -> None:
+    """Stopped after each generation in turn (CMA-ES decomposes C only every few steps)."""
+    out = tmp_path / "run"
+    run_here(out, algo, 1)
+    for generations in range(2, 13):
+        resume_here(out, generations)
+    assert_same_results(references[algo], out)
+
+
+def test_resuming_a_finished_run_changes_nothing_and_extending_it_is_exact(
+    references: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    run_here(out, "sep-cmaes", 8)
+    before = metrics(out)
+    resume_here(out)
+    assert metrics(out) == before
+    resume_here(out, 12)
+    assert_same_results(references["sep-cmaes"], out)
+
+
+def test_lines_written_after_the_last_checkpoint_are_dropped(
+    references: dict[str, Path], tmp_path: Path
+) -> None:
+    """A kill between appending generation 5's line and its checkpoint: the line goes, 5 is redone."""
+    out = tmp_path / "run"
+    run_here(out, "xnes", 5)
+    kept = (out / "metrics.jsonl").read_text()
+    stale = json.dumps({**json.loads(kept.splitlines()[-1]), "generation": 5, "best": -1.0})
+    (out / "metrics.jsonl").write_text(kept + stale + "\n" + '{"generation": 6, "be')  # and a torn line
+    loop._truncate_metrics(out / "metrics.jsonl", 5)
+    assert (out / "metrics.jsonl").read_text() == kept
+    (out / "metrics.jsonl").write_text(kept + stale + "\n" + '{"generation": 6, "be')
+    started = StartedAt()
+    resume_here(out, 12, callbacks=[started])
+    assert started.generation == 5
+    assert_same_results(references["xnes"], out)
+
+
+def test_kill_between_the_checkpoint_renames_resumes_from_the_previous_file(
+    references: dict[str, Path], tmp_path: Path
+) -> None:
+    """`checkpoint.save` renames current -> previous, then writes current: a kill in between leaves
+    only checkpoint.prev.pt, which is the newest state and must be used (not a restart from 0)."""
+    out = tmp_path / "run"
+    run_here(out, "cem", 6)
+    os.replace(out / checkpoint.NAME, out / checkpoint.PREVIOUS)
+    started = StartedAt()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resume_here(out, 12, callbacks=[started])
+    assert started.generation == 6
+    assert_same_results(references["cem"], out)
+
+
+def test_kill_before_the_first_checkpoint_starts_over(references: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    run_here(out, "snes", 3)
+    for name in (checkpoint.NAME, checkpoint.PREVIOUS, "summary.json", "best.safetensors"):
+        (out / name).unlink()
+    started = StartedAt()
+    resume_here(out, 12, callbacks=[started])
+    assert started.generation == 0
+    assert_same_results(references["snes"], out)
+
+
+# ---------------------------------------------------------------- a real process, SIGKILL
+
+
+def kill_and_resume(tmp_path: Path, algo: str, kills: int, seed: int) -> None:
+    """SIGKILL `gfo run` `kills` times at random moments (mid-generation, mid-checkpoint and, with
+    more than two kills, once during start-up), resume it each time with `gfo run --resume`, and
+    compare the end with an uninterrupted run."""
+    rng = random.Random(seed)
+    out = tmp_path / "killed"
+    proc = start_run(out, "--algo", algo, *KILLABLE, "--out", str(out), generations=100_000)
+    done = 0
+    for k in range(kills):
+        if k == kills - 1 and kills > 2:
+            time.sleep(rng.uniform(0.0, 3.0))  # imports, checkpoint loading or the first generation
+        else:
+            # +2 at least: a resumed process still shows the dropped line of the generation in flight
+            wait_for_lines(proc, out, done + rng.randint(2, 5))
+            time.sleep(rng.uniform(0.0, 0.05))  # a generation takes tens of ms
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        if checkpoint.exists(out):
+            lines = complete_lines(out)
+            done = checkpoint_generation(out)
+            assert lines - 1 <= done <= lines, (lines, done)  # at most the generation in flight is lost
+        if k < kills - 1:
+            proc = start_run(out, "--resume", str(out))
+    # The last leg: the same command, shortened to a few generations past the last checkpoint.
+    generations = done + 4
+    final = start_run(out, "--resume", str(out), generations=generations)
+    assert final.wait(timeout=300) == 0, (out.parent / "killed.log").read_text()
+    assert not list(out.glob(".*.tmp*")), "stale temporary files left behind"
+
+    reference = tmp_path / "reference"
+    overrides = ["problem.dim=2000", "algo.popsize=20", f"run.generations={generations}"]
+    loop.prepare_run_dir(reference, resume=False, force=False)
+    loop.run(resolve(algo, "rosenbrock", overrides=overrides), reference)
+    assert_same_results(reference, out)
+
+
+def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path: Path) -> None:
+    kill_and_resume(tmp_path, "pgpe", kills=2, seed=7)  # 3 processes: ~5 s of imports each
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", ALGOS)
+def test_sigkill_every_algorithm(algo: str, tmp_path: Path) -> None:
+    kill_and_resume(tmp_path, algo, kills=4, seed=sum(map(ord, algo)))
