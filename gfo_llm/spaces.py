@@ -169,7 +169,10 @@ def load_peft_adapter(
         layer = modules.get(name)
         a, b = pair["lora_A"].to(torch.float32), pair["lora_B"].to(torch.float32)
         if not isinstance(layer, nn.Linear) or layer.weight.shape != (b.shape[0], a.shape[1]):
-            found = "missing" if layer is None else f"shape {tuple(getattr(layer, 'weight', a).shape)}"
+            if isinstance(layer, nn.Linear):
+                found = "x".join(map(str, layer.weight.shape))
+            else:
+                found = "missing" if layer is None else f"a {type(layer).__name__}, not a plain linear layer"
             raise GfoError(
                 f"adapter {where} was made for base model {base_name!r}: its {name} is "
                 f"{b.shape[0]}x{a.shape[1]}, this model's is {found}; load it on that base model"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,20 @@ def tiny_lm() -> tuple[Any, Any]:
         return tiny_model(seed=0)
     except GfoError as exc:  # the tokenizer comes from the bundled SmolLM2 package
         pytest.skip(f"tiny model unavailable: {exc}")
+
+
+@pytest.fixture
+def torch_single_thread() -> Iterator[None]:
+    """One torch thread for the duration of a test: tiny models gain nothing from threads, and on a
+    busy machine OpenMP's spinning workers make every small op wait for a time slice (10x slower)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture
