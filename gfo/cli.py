@@ -329,7 +329,7 @@ def main() -> None:
             exc.show()
             sys.exit(exc.exit_code)
         ctx = getattr(exc, "ctx", None)
-        see = f"; see `{ctx.command_path} --help`" if ctx is not None else ""
+        see = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
         print(f"error: {' '.join(exc.format_message().split()).rstrip('.')}{see}", file=sys.stderr)
         sys.exit(2)
     sys.exit(code if isinstance(code, int) else 0)
