@@ -353,21 +353,30 @@ def plot_curves(rows: Sequence[Row], path: Path, *, problem: str, sense: Sense) 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    data: dict[str, list[list[dict[str, Any]]]] = {}
+    for algo in dict.fromkeys(r.algo for r in rows):
+        mine = [r for r in rows if r.algo == algo and r.status == "ok"]
+        curves = [c for c in (_records(Path(r.run_dir) / "metrics.jsonl") for r in mine) if c]
+        if curves:
+            data[algo] = curves
+    # Wall times of different algorithms can differ by orders of magnitude (a d^2 covariance update
+    # against a diagonal one): then a log axis keeps every curve readable.
+    walls = [c[i]["wall_s"] for curves in data.values() for c in curves for i in (0, -1)]
+    log_wall = bool(walls) and min(walls) > 0 and max(walls) / min(walls) > 100
+
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), dpi=110)
     all_values: list[float] = []
     seeds = len({r.seed for r in rows})
-    for algo in dict.fromkeys(r.algo for r in rows):
-        curves = [
-            _records(Path(r.run_dir) / "metrics.jsonl") for r in rows if r.algo == algo and r.status == "ok"
-        ]
-        curves = [c for c in curves if c]
-        if not curves:
-            continue
+    for algo, curves in data.items():
         for ax, key in zip(axes, ("evaluations", "wall_s"), strict=True):
             xs = [np.array([rec[key] for rec in c], dtype=float) for c in curves]
             ys = [np.array([rec["best_so_far"] for rec in c], dtype=float) for c in curves]
             # A finished run keeps its final best-so-far: at time t that is what it would have given.
-            grid = np.linspace(0.0, max(float(x[-1]) for x in xs), 300)
+            end = max(float(x[-1]) for x in xs)
+            if key == "wall_s" and log_wall:
+                grid = np.geomspace(min(float(x[0]) for x in xs), end, 300)
+            else:
+                grid = np.linspace(0.0, end, 300)
             stacked = np.stack([_step_at(x, y, grid) for x, y in zip(xs, ys, strict=True)])
             with warnings.catch_warnings():  # grid points before any run's first record are all NaN
                 warnings.simplefilter("ignore", RuntimeWarning)
@@ -375,6 +384,8 @@ def plot_curves(rows: Sequence[Row], path: Path, *, problem: str, sense: Sense) 
             (line,) = ax.plot(grid, med, lw=2, label=f"{algo} ({len(curves)} runs)")
             ax.fill_between(grid, q1, q3, color=line.get_color(), alpha=0.2, lw=0)
             all_values += [v for v in stacked.ravel().tolist() if math.isfinite(v)]
+    if log_wall:
+        axes[1].set_xscale("log")
     positive = bool(all_values) and min(all_values) > 0
     ylabel = f"best-so-far fitness ({'lower' if sense == 'min' else 'higher'} is better)"
     for ax, xlabel, title in zip(

@@ -162,10 +162,10 @@ def tune(
     )  # fmt: skip
     console = Console(stderr=True)
     try:
-        result = run_tune(spec, settings, log=console.print)
-    except Interrupted as exc:
+        result = run_tune(spec, settings, log=lambda line: console.print(line, soft_wrap=True, markup=False))
+    except (Interrupted, KeyboardInterrupt) as exc:
         console.print("stopped; the interrupted trial is marked failed. Rerun the same command to continue.")
-        raise typer.Exit(exc.exit_code) from None
+        raise typer.Exit(getattr(exc, "exit_code", 130)) from None
     print_result(result, Console())
 
 
@@ -196,10 +196,10 @@ def bench(
     )  # fmt: skip
     console = Console(stderr=True)
     try:
-        b.run_all(runs, force=force, log=console.print)
-    except Interrupted as exc:
+        b.run_all(runs, force=force, log=lambda line: console.print(line, soft_wrap=True, markup=False))
+    except (Interrupted, KeyboardInterrupt) as exc:
         console.print("stopped; checkpoint saved. Rerun the same command to continue the benchmark.")
-        raise typer.Exit(exc.exit_code) from None
+        raise typer.Exit(getattr(exc, "exit_code", 130)) from None
     result = b.report(runs, out, target=target, budget=b.budget_text(runs[0].spec))
     b.print_result(result, Console())
 

@@ -401,7 +401,7 @@ def tune(
     changes = read_space_file(settings.space_file) if settings.space_file else {}
     space = merge_space(builtin_space(spec.algorithm), changes, type(spec.algo))
     settings.out.mkdir(parents=True, exist_ok=True)
-    study = _open_study(spec, settings, problem.sense)  # a bad storage URL fails before any work
+    study = _open_study(spec, settings, problem)  # a bad storage URL fails before any work
     dims = resolve_space(spec, space, problem)
     if not dims:
         raise ConfigError(
@@ -418,7 +418,7 @@ def tune(
 
     objective = _Objective(spec, dims, settings.out, problem.sense)
     ran = failures = 0
-    while _counted(study) < settings.trials:
+    while _fail_stale(study) or _counted(study) < settings.trials:
         try:
             study.optimize(objective, n_trials=1)
         except Interrupted:
@@ -463,7 +463,14 @@ def tune(
     )
 
 
-def _open_study(spec: RunSpec, settings: TuneSettings, sense: Sense) -> Any:
+def _generations(spec: RunSpec, problem: Problem) -> int:
+    """Generations a run will last: `run.generations`, or fewer under `run.max_evaluations`."""
+    if spec.run.max_evaluations is None:
+        return spec.run.generations
+    return min(spec.run.generations, math.ceil(spec.run.max_evaluations / _default_popsize(spec, problem)))
+
+
+def _open_study(spec: RunSpec, settings: TuneSettings, problem: Problem) -> Any:
     import optuna
 
     url = settings.storage_url()
@@ -478,13 +485,14 @@ def _open_study(spec: RunSpec, settings: TuneSettings, sense: Sense) -> Any:
             f"cannot open study storage {url!r}: {first}; "
             "use an Optuna database URL such as sqlite:///path/study.db or postgresql://host/db"
         ) from None
+    warmup = max(1, _generations(spec, problem) // 5)  # early best-so-far says little
     pruner: optuna.pruners.BasePruner = (
-        optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=max(1, spec.run.generations // 5))
+        optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=warmup)
         if settings.pruner == "median"
         else optuna.pruners.NopPruner()
     )
     name = settings.study or f"{spec.problem_name}-{spec.algorithm}"
-    direction: Literal["minimize", "maximize"] = "minimize" if sense == "min" else "maximize"
+    direction: Literal["minimize", "maximize"] = "minimize" if problem.sense == "min" else "maximize"
     try:
         study = optuna.create_study(
             storage=storage,
@@ -545,6 +553,16 @@ def _enqueue_defaults(study: Any, params: dict[str, Any]) -> None:
     if any(t.user_attrs.get("defaults") for t in study.get_trials(deepcopy=False, states=live)):
         return
     study.enqueue_trial(params, user_attrs={"defaults": True})
+
+
+def _fail_stale(study: Any) -> bool:
+    """Mark trials of workers that stopped sending heartbeats as failed (they are replaced); False."""
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    return False
 
 
 def _counted(study: Any, *, running: bool = True) -> int:
@@ -702,9 +720,12 @@ def print_result(result: TuneResult, console: Any) -> None:
         )
     else:
         console.print(f"best (trial {best.number}): {best.value:.6g}; the defaults trial did not complete")
-    console.print(f"ran {result.ran} new trial(s); storage {result.storage}")
-    console.print(f"best config: {result.best_toml}  (gfo run --config {result.best_toml})")
-    console.print(f"all trials: {result.trials_csv}")
+    for line in (
+        f"ran {result.ran} new trial(s); storage {result.storage}",
+        f"best config: {result.best_toml}  (gfo run --config {result.best_toml})",
+        f"all trials: {result.trials_csv}",
+    ):
+        console.print(line, soft_wrap=True, markup=False)
 
 
 def _param_text(value: Any) -> str:
