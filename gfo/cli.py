@@ -204,6 +204,14 @@ def bench(
     b.print_result(result, Console())
 
 
+ProblemConfigOpt = Annotated[
+    Path | None, typer.Option("--config", help="TOML file (e.g. RUN/config.toml); uses its problem section")
+]
+ProblemSetOpt = Annotated[
+    list[str] | None, typer.Option("--set", help="override: problem.key=value; repeatable")
+]
+
+
 def _problem_settings(problem: str | None, config: Path | None, overrides: list[str]) -> tuple[str, object]:
     """Problem name and config for the commands without an algorithm (eval, sft): [problem] + --set."""
     from gfo import config as cfg
@@ -233,8 +241,8 @@ def eval_(
     split: Annotated[str, typer.Option(help="split to evaluate (train or test)")] = "test",
     limit: Annotated[int | None, typer.Option(help="evaluate the split's first N items")] = None,
     out: Annotated[Path | None, typer.Option(help="folder (default runs/eval-<problem>-<split>)")] = None,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
+    config: ProblemConfigOpt = None,
+    set_: ProblemSetOpt = None,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
 ) -> None:
     """Greedy accuracy of the model (+ adapter) on a split: OUT/eval.json and OUT/completions.jsonl."""
@@ -254,6 +262,8 @@ def eval_(
 
     def update(done: int, total: int, accuracy: float) -> None:
         bar.update(task, completed=done, total=total, status=f"accuracy {accuracy:.3f}")
+        if not quiet and not console.is_terminal:  # logs get a line per chunk instead of a bar
+            console.print(f"eval {done}/{total}: accuracy {accuracy:.3f}")
 
     with bar:
         result = evaluate(name, settings, adapter=adapter, split=split, limit=limit, out=out, progress=update)  # type: ignore[arg-type]
@@ -273,8 +283,8 @@ def sft(
     lr: Annotated[float, typer.Option(help="learning rate")] = 1e-4,
     limit: Annotated[int | None, typer.Option(help="train on the first N training examples")] = None,
     seed: Annotated[int, typer.Option(help="seed of the LoRA init and data order")] = 0,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
+    config: ProblemConfigOpt = None,
+    set_: ProblemSetOpt = None,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
 ) -> None:
     """Supervised LoRA warm start on the task's references (ESSA): OUT/adapter for problem.init_adapter."""
@@ -295,7 +305,10 @@ def sft(
     task = bar.add_task("sft", total=None, status="loading the model...")
 
     def update(step: int, total: int, loss: float | None) -> None:
-        bar.update(task, completed=step, total=total, status="" if loss is None else f"loss {loss:.4f}")
+        status = "" if loss is None else f"loss {loss:.4f}"
+        bar.update(task, completed=step, total=total, status=status)
+        if not quiet and not console.is_terminal:  # logs get a line per step instead of a bar
+            console.print(f"sft step {step}/{total}: {status}")
 
     with bar:
         result = run_sft(name, settings, train, out, progress=update)  # type: ignore[arg-type]

@@ -115,7 +115,7 @@ def sft(
     """
     import torch
     from peft import LoraConfig
-    from transformers import TrainerCallback, set_seed
+    from transformers import PrinterCallback, TrainerCallback, set_seed
     from trl import SFTConfig, SFTTrainer
 
     from gfo_llm.model import load_model, model_id
@@ -125,9 +125,10 @@ def sft(
     model, tokenizer = load_model(config.model, "fp32", config.cache_dir)
     base_id = model_id(model)
     prompts, completions = training_pairs(task, tokenizer, config, settings.limit)
-    from datasets import Dataset
+    import datasets
 
-    dataset = Dataset.from_dict({"prompt": prompts, "completion": completions})
+    datasets.disable_progress_bars()  # TRL's dataset preparation bars; `progress` is the display
+    dataset = datasets.Dataset.from_dict({"prompt": prompts, "completion": completions})
     lora = LoraConfig(
         r=config.rank,
         lora_alpha=settings.lora_alpha or 2 * config.rank,
@@ -178,6 +179,7 @@ def sft(
             peft_config=lora,
             callbacks=[_Report()],
         )
+        trainer.remove_callback(PrinterCallback)  # with tqdm off it prints every log dict; `progress` reports
         # LLMProblem.prepare switches autograd off for its process; training needs it back.
         with torch.enable_grad():
             result = trainer.train()

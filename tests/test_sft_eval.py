@@ -117,12 +117,16 @@ def run_and_evals(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
         "--set", "problem.eval_every=1", "--set", "problem.eval_limit=4", "--set", "problem.stdev=0.5",
     )  # fmt: skip
     assert code == 0, err
-    for name, extra in (("adapter", ("--adapter", str(root / "run" / "adapter"))), ("base", ())):
-        code, err = gfo(
-            "eval", "--problem", TEXT_PROBLEM, "--limit", "4", "--out", str(root / name), "--quiet",
-            *common, *extra,
-        )  # fmt: skip
-        assert code == 0, err
+    # The run's own settings (model, dtype, max_new_tokens) through its config.toml.
+    code, err = gfo(
+        "eval", "--config", str(root / "run" / "config.toml"), "--adapter", str(root / "run" / "adapter"),
+        "--limit", "4", "--out", str(root / "adapter"), "--quiet",
+    )  # fmt: skip
+    assert code == 0, err
+    code, err = gfo(
+        "eval", "--problem", TEXT_PROBLEM, "--limit", "4", "--out", str(root / "base"), "--quiet", *common
+    )
+    assert code == 0, err
     return {"run": root / "run", "adapter": root / "adapter", "base": root / "base"}
 
 
