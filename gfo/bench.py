@@ -35,6 +35,7 @@ COLUMNS = (
     "evals_to_target",
     "wall_s",
     "generated_tokens",
+    "completions",
     "stop_reason",
     "run_dir",
     "error",
@@ -65,6 +66,7 @@ class Row:
     evals_to_target: int | None = None
     wall_s: float | None = None
     generated_tokens: float | None = None
+    completions: float | None = None
     stop_reason: str = ""
     run_dir: str = ""
     error: str = ""
@@ -218,6 +220,7 @@ def collect(runs: Sequence[BenchRun], target: float | None = None) -> list[Row]:
                 evals_to_target=hit,
                 wall_s=s["wall_s"],
                 generated_tokens=(s.get("counters") or {}).get("generated_tokens"),
+                completions=(s.get("counters") or {}).get("completions"),
                 stop_reason=s.get("stop_reason", ""),
                 run_dir=str(r.run_dir),
             )

@@ -187,9 +187,12 @@ def bench(
 
     from gfo import bench as b
     from gfo.loop import Interrupted
+    from gfo.spec import resolve
 
     names = b.parse_algos(algos)
-    out = out or Path("runs") / f"bench-{problem or 'problem'}"
+    if out is None:  # the problem may come from --config
+        first = resolve(names[0], problem, config_file=config, overrides=list(set_ or []))
+        out = Path("runs") / f"bench-{first.problem_name}"
     runs = b.plan(
         names, problem, seeds=seeds, out=out, config_file=config, overrides=list(set_ or []),
         budget_evals=budget_evals, generations=generations, force=force,

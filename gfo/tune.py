@@ -403,6 +403,8 @@ def tune(
     settings.out.mkdir(parents=True, exist_ok=True)
     study = _open_study(spec, settings, problem)  # a bad storage URL fails before any work
     dims = resolve_space(spec, space, problem)
+    sense = problem.sense
+    del problem  # every trial builds its own; an LLM problem holds a whole model
     if not dims:
         raise ConfigError(
             f"nothing to search for {spec.algorithm}: every setting of its space is fixed by --config/--set "
@@ -416,7 +418,7 @@ def tune(
             log(f"note: the default {d.name} = {d.default:.4g} lies outside {d.describe()}; trial 0 runs it")
     _enqueue_defaults(study, default_params)
 
-    objective = _Objective(spec, dims, settings.out, problem.sense)
+    objective = _Objective(spec, dims, settings.out, sense)
     ran = failures = 0
     while _fail_stale(study) or _counted(study) < settings.trials:
         try:
@@ -441,7 +443,7 @@ def tune(
     completed = [r for r in rows if r.state == "COMPLETE" and r.value is not None]
     if not completed:
         raise GfoError(f"study {study.study_name} has no completed trial; see trials.csv in {settings.out}")
-    best = _best(completed, problem.sense)
+    best = _best(completed, sense)
     defaults = next((r for r in completed if r.defaults), None)
     best_spec = dataclasses.replace(spec, algo=dataclasses.replace(spec.algo, **best.params))
     best_toml = settings.out / "best.toml"
@@ -451,7 +453,7 @@ def tune(
     return TuneResult(
         study=study.study_name,
         storage=settings.storage_url(),
-        sense=problem.sense,
+        sense=sense,
         finished=_counted(study, running=False),
         ran=ran,
         best=best,

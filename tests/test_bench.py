@@ -175,3 +175,48 @@ def test_cli_bench_runs_the_grid(tmp_path: Path) -> None:
     assert {int(r["generations"]) for r in rows} == {4}
     assert "ranked by median final best" in done.stdout
     assert (out / "summary.md").exists() and (out / "curves.png").exists()
+
+
+def _grpo_module():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "grpo_baseline.py"
+    spec = importlib.util.spec_from_file_location("grpo_baseline", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_grpo_reward_is_the_task_reward_and_counts_the_budget() -> None:
+    grpo = _grpo_module()
+    from problems.arithmetic import Arithmetic, ArithmeticConfig
+
+    task = Arithmetic(ArithmeticConfig(train_size=10, test_size=10))
+    examples = list(task.examples("train"))[:3]
+    completions = [f"#### {examples[0]['target']}", "no idea", f"so #### {examples[2]['target'] + 1}"]
+    reward = grpo.CountingReward(task, ["expression", "target"])
+    columns = {c: [ex[c] for ex in examples] for c in ("expression", "target")}
+    got = reward(
+        ["p"] * 3, completions, completion_ids=[[1, 2], [3], [4, 5, 6]], trainer_state=None, **columns
+    )
+    assert got == task.reward(completions, examples) == [1.0, 0.0, 0.0]
+    assert (reward.completions, reward.tokens) == (3, 6)
+    with pytest.raises(SystemExit):  # argparse refuses a group of one completion
+        grpo.parse_args(["--num-generations", "1"])
+
+
+@pytest.mark.slow
+def test_grpo_baseline_runs_on_the_bundled_model(tmp_path: Path) -> None:
+    """Real SmolLM2, two tiny GRPO steps: the budget is spent exactly and the adapter evaluates."""
+    grpo = _grpo_module()
+    args = ["--completions", "8", "--num-generations", "2", "--prompts-per-step", "2", "--threads", "1"]
+    args += ["--set", "problem.eval_limit=2", "--set", "problem.max_new_tokens=8", "--out", str(tmp_path)]
+    result = grpo.main(args)
+    assert result["completions_generated"] == 8 and result["steps"] == 2
+    assert 8 <= result["tokens_generated"] <= 8 * 8
+    assert result["heldout_items"] == 2 and 0.0 <= result["heldout_accuracy_after"] <= 1.0
+    assert (
+        json.loads((tmp_path / "result.json").read_text())["tokens_generated"] == result["tokens_generated"]
+    )
+    assert (tmp_path / "adapter" / "adapter_config.json").exists()
