@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -194,6 +195,7 @@ def _connect(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     if address:
+        _check_reachable(address)
         try:
             ray.init(address=address)
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -205,6 +207,20 @@ def _connect(address: str | None) -> bool:
     temp = Path(tempfile.gettempdir()) / f"gfo-ray-{os.getuid()}"
     ray.init(num_cpus=os.cpu_count() or 1, _temp_dir=str(temp), include_dashboard=False)
     return True
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast on a host:port nobody listens on (Ray itself retries for many minutes)."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "auto", or a form Ray resolves itself
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as exc:
+        raise GfoError(
+            f"no Ray cluster answers at run.ray_address={address!r} ({exc.strerror or exc}); "
+            "start one with `ray start --head`, or use --ray-address auto on its head node"
+        ) from None
 
 
 def _actor_options(actors: int, gpus_per_actor: float) -> dict[str, Any]:

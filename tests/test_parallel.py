@@ -22,7 +22,7 @@ ray = pytest.importorskip("ray")
 
 from gfo.errors import GfoError  # noqa: E402
 from gfo.loop import Callback, LocalEvaluator, run  # noqa: E402
-from gfo.parallel import RayEvaluator, _join, _slices  # noqa: E402
+from gfo.parallel import RayEvaluator, _check_reachable, _join, _slices  # noqa: E402
 from gfo.problem import Context, Evaluation  # noqa: E402
 from gfo.registry import PROBLEMS  # noqa: E402
 from gfo.spec import RunSpec, resolve  # noqa: E402
@@ -165,6 +165,12 @@ def test_join_keeps_the_best_slice_samples_with_population_indices() -> None:
     assert joined.samples == [{"candidate": 2, "text": "from [0.9, nan]"}]
     joined = _join([part([0.1, 0.5], 1), part([0.9, 0.3], 1)], [0, 2], "min")
     assert joined.samples == [{"candidate": 1, "text": "from [0.1, 0.5]"}]
+
+
+def test_an_address_nobody_answers_fails_fast() -> None:
+    with pytest.raises(GfoError, match=r"no Ray cluster answers at run.ray_address='127.0.0.1:1'"):
+        _check_reachable("127.0.0.1:1")
+    _check_reachable("auto")  # left to Ray
 
 
 # ---------------------------------------------------------------- on Ray
