@@ -132,7 +132,10 @@ class LLMProblem(Problem):
             dtype=torch.float64,
         )
         fitness = rewards.mean(dim=1)
-        best = int(fitness.argmax())
+        # A non-finite candidate still decodes (to garbage that scores like any wrong answer): mark it
+        # NaN so the loop counts it and ranks it last instead of scoring it as a plain 0.
+        fitness[~torch.isfinite(population).all(dim=1)] = float("nan")
+        best = int(fitness.nan_to_num(nan=-torch.inf).argmax())
         samples = [
             {
                 "candidate": best,

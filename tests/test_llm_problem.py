@@ -257,3 +257,15 @@ def test_bundled_model_runs_pgpe_on_arithmetic(tmp_path: Path) -> None:
     # A real model answers arithmetic with numbers, not random tokens.
     assert any(ch.isdigit() for s in samples for ch in s["completion"])
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_a_non_finite_candidate_gets_nan_fitness(text_problem: LLMProblem) -> None:
+    # It would still decode (to an empty or garbage text) and score like a wrong answer; NaN lets the
+    # loop count it and rank it last (e.g. CEM with one elite samples NaN populations).
+    population = text_problem.initial_center().repeat(3, 1)
+    population[1, 0] = float("nan")
+    population[2, -1] = float("inf")
+    result = text_problem.evaluate(population, Context(0, 0))
+    assert math.isfinite(result.fitness[0].item())
+    assert torch.isnan(result.fitness[1:]).all()
+    assert result.samples[0]["candidate"] == 0
