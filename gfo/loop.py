@@ -179,6 +179,8 @@ def _default_evaluator(problem: Problem, spec: RunSpec) -> Evaluator:
         from gfo.parallel import RayEvaluator
 
         return RayEvaluator(problem, spec)
+    if spec.run.ray_address or spec.run.gpus_per_actor > 0:
+        raise GfoError("--ray-address and --gpus-per-actor take effect with Ray actors only; add --actors N")
     return LocalEvaluator(problem)
 
 

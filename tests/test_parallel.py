@@ -173,6 +173,12 @@ def test_an_address_nobody_answers_fails_fast() -> None:
     _check_reachable("auto")  # left to Ray
 
 
+def test_ray_settings_without_actors_are_refused(tmp_path: Path) -> None:
+    for setting in ("run.ray_address=auto", "run.gpus_per_actor=1"):
+        with pytest.raises(GfoError, match="take effect with Ray actors only; add --actors N"):
+            run(spec_of("pgpe", "sphere", setting), tmp_path / setting)
+
+
 # ---------------------------------------------------------------- on Ray
 
 
