@@ -244,7 +244,7 @@ def test_bundled_model_runs_pgpe_on_arithmetic(tmp_path: Path) -> None:
             sys.executable, "-m", "gfo.cli", "run", "--algo", "pgpe", "--problem", "arithmetic",
             "--popsize", "4", "--generations", "2", "--out", str(out), "--quiet",
             "--set", "problem.batch_size=4", "--set", "problem.max_new_tokens=32",
-            "--set", "problem.eval_every=2", "--set", "problem.eval_limit=8",
+            "--set", "problem.eval_every=2", "--set", "problem.eval_limit=8", "--set", "problem.dtype=fp32",
         ],
         capture_output=True, text=True, timeout=1200,
     )  # fmt: skip
