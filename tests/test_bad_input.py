@@ -134,6 +134,12 @@ CASES = [
         f"{SPHERE} --set run.progress=maybe",
         "error: run.progress must be true or false; got 'maybe'",
     ),
+    Case("negative actor count", f"{SPHERE} --actors -1", "error: run.actors must be >= 0; got -1"),
+    Case(
+        "Ray address without actors",
+        f"{SPHERE} --ray-address auto",
+        "error: --ray-address and --gpus-per-actor take effect with Ray actors only; add --actors N",
+    ),
     # ---- --set syntax
     Case(
         "--set without section",
@@ -320,6 +326,13 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "empty").mkdir()
     (root / "afile").write_text("not a folder")
     return root
+
+
+@pytest.fixture(autouse=True)
+def _restore_grad_mode() -> Any:
+    enabled = torch.is_grad_enabled()  # LLMProblem.prepare turns autograd off process-wide
+    yield
+    torch.set_grad_enabled(enabled)
 
 
 @pytest.fixture
