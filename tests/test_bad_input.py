@@ -285,6 +285,13 @@ CASES = [
         llm=True,
     ),
     Case(
+        "adapter saved as a pickle (.bin)",
+        "run --algo pgpe --problem gsm8k --set problem.model=tiny --set problem.init_adapter=binadapter",
+        "error: adapter directory 'binadapter' has no adapter_model.safetensors (.bin adapters are not "
+        "read: re-save with safe_serialization=True); pass a PEFT LoRA adapter",
+        llm=True,
+    ),
+    Case(
         "adapter folder that does not exist",
         "run --algo pgpe --problem gsm8k --set problem.model=tiny --set problem.init_adapter=noadapter",
         "error: adapter directory 'noadapter' does not exist; pass a PEFT adapter directory",
@@ -345,7 +352,7 @@ def workspace(template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
 @pytest.fixture(scope="module")
 def llm_files(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
-    """The tiny model, data files with a bad line, and a rank-2 adapter for the model."""
+    """The tiny model, data files with a bad line, a rank-2 adapter and a pickled one for the model."""
     folder = tmp_path_factory.mktemp("llm-files")
     (folder / "tiny").symlink_to(tiny_model_dir)
     for name, text in (
@@ -361,6 +368,9 @@ def llm_files(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) ->
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     lora = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
     get_peft_model(model, lora).save_pretrained(str(folder / "rank2"))
+    lora = LoraConfig(r=8, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    get_peft_model(model, lora).save_pretrained(str(folder / "binadapter"), safe_serialization=False)
+    assert (folder / "binadapter" / "adapter_model.bin").exists()
     return folder
 
 
