@@ -348,7 +348,8 @@ def main() -> None:
         see = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
         print(f"error: {' '.join(exc.format_message().split()).rstrip('.')}{see}", file=sys.stderr)
         sys.exit(2)
-    sys.exit(code if isinstance(code, int) else 0)
+    if isinstance(code, int) and code:  # success returns, so that callers in process carry on
+        sys.exit(code)
 
 
 if __name__ == "__main__":
