@@ -90,9 +90,8 @@ def main() -> None:
     print(f"ellipsoid dim {args.dim}, popsize {popsize}, target {args.target:g}, seeds {args.seeds}")
     print(f"{'method':<22}{'reached':>9}{'median evals':>14}{'seconds':>9}  per seed")
     for r in rows:
-        print(
-            f"{r['method']:<22}{r['reached']:>9}{r['median'] or '-':>14}{r['seconds']:>9.1f}  {r['evaluations']}"
-        )
+        median = r["median"] or "-"
+        print(f"{r['method']:<22}{r['reached']:>9}{median:>14}{r['seconds']:>9.1f}  {r['evaluations']}")
     print(f"ratio gfo / pycma (median evaluations): {ratio:.3f}" if ratio else "ratio: n/a")
     if args.json:
         with open(args.json, "w") as fh:

@@ -19,12 +19,18 @@ class LLMConfig:
 
     model: str | None = field(
         default=None,
-        metadata={"help": "hub id, local model directory or .gguf file; default: bundled SmolLM2-135M-Instruct"},
+        metadata={
+            "help": "hub id, local model directory or .gguf file; default: bundled SmolLM2-135M-Instruct"
+        },
     )
     dtype: str = field(default="bf16", metadata={"help": "bf16 (fastest on CPU), fp32 or fp16"})
-    space: str = field(default="svd", metadata={"help": "svd: singular values of the LoRA factors (ESSA); lora: full A, B"})
+    space: str = field(
+        default="svd", metadata={"help": "svd: singular values of the LoRA factors (ESSA); lora: full A, B"}
+    )
     rank: int = field(default=8, metadata={"help": "LoRA rank r"})
-    alpha: float = field(default=1.0, metadata={"help": "fraction of each factor's singular values searched (svd)"})
+    alpha: float = field(
+        default=1.0, metadata={"help": "fraction of each factor's singular values searched (svd)"}
+    )
     target_modules: tuple[str, ...] = field(
         default=("q_proj", "k_proj", "v_proj", "o_proj"), metadata={"help": "linear layers that get a LoRA"}
     )
@@ -33,17 +39,29 @@ class LLMConfig:
     )
     init: str = field(
         default="pissa",
-        metadata={"help": "no-warm-start init: pissa (principal components of W) or random (random A, B = 0)"},
+        metadata={
+            "help": "no-warm-start init: pissa (principal components of W) or random (random A, B = 0)"
+        },
     )
-    stdev: float = field(default=0.02, metadata={"help": "default initial search spread (algo.stdev_init wins)"})
-    batch_size: int = field(default=8, metadata={"help": "training prompts per generation (same for all candidates)"})
+    stdev: float = field(
+        default=0.02, metadata={"help": "default initial search spread (algo.stdev_init wins)"}
+    )
+    batch_size: int = field(
+        default=8, metadata={"help": "training prompts per generation (same for all candidates)"}
+    )
     max_new_tokens: int = field(default=96, metadata={"help": "generation cap per completion"})
-    eval_every: int = field(default=5, metadata={"help": "held-out evaluation every k generations (0: never)"})
+    eval_every: int = field(
+        default=5, metadata={"help": "held-out evaluation every k generations (0: never)"}
+    )
     eval_limit: int = field(default=64, metadata={"help": "held-out items evaluated"})
     eval_split: str = field(default="test", metadata={"help": "split used for held-out evaluation"})
-    row_budget: int = field(default=64, metadata={"help": "max rows (candidates x prompts) per generate call"})
+    row_budget: int = field(
+        default=64, metadata={"help": "max rows (candidates x prompts) per generate call"}
+    )
     system_prompt: str | None = field(default=None, metadata={"help": "system message before each prompt"})
-    backend: str = field(default="transformers", metadata={"help": "transformers (batched per-row LoRA) or vllm"})
+    backend: str = field(
+        default="transformers", metadata={"help": "transformers (batched per-row LoRA) or vllm"}
+    )
     quantization: str | None = field(
         default=None, metadata={"help": "vllm backend: bitsandbytes, fp8, awq or gptq (vLLM's quantization=)"}
     )
@@ -57,7 +75,8 @@ class LLMConfig:
         default=0.9, metadata={"help": "vllm backend: share of GPU memory vLLM may take"}
     )
     data_dir: str | None = field(
-        default=None, metadata={"help": "folder holding <task>/{train,test}.jsonl; default: $GFO_DATA_DIR or hub"}
+        default=None,
+        metadata={"help": "folder holding <task>/{train,test}.jsonl; default: $GFO_DATA_DIR or hub"},
     )
     cache_dir: str | None = field(
         default=None, metadata={"help": "converted-model cache; default: $GFO_CACHE_DIR or ~/.cache/gfo"}
