@@ -80,11 +80,13 @@ class PopulationLinear(nn.Module):
 
     def select(self, name: str, population: Population, rows: Rows, factors: SVDFactors | None) -> None:
         """Route each row of the next forward passes through its candidate's adapter."""
+        device = self.base.weight.device
         if isinstance(population, SVDPopulation):
             assert factors is not None
-            self._delta = _SVDRows(factors, population.scales_a[name], population.scales_b[name], rows)
+            scales = population.scales_a[name], population.scales_b[name]
+            self._delta = _SVDRows(factors, *scales, rows, device)
         else:
-            self._delta = _LoRARows(population.a[name], population.b[name], rows)
+            self._delta = _LoRARows(population.a[name], population.b[name], rows, device)
 
     def clear(self) -> None:
         self._delta = None
@@ -98,13 +100,15 @@ class _Delta:
 class _SVDRows(_Delta):
     """`((x V_A) * s_A) M * s_B U_B^T`: only the two scalings are per row."""
 
-    def __init__(self, factors: SVDFactors, scales_a: Tensor, scales_b: Tensor, rows: Rows) -> None:
-        self.v_a = factors.v_a
-        self.m = factors.m
-        self.u_b_t = factors.u_b.T.contiguous()
+    def __init__(
+        self, factors: SVDFactors, scales_a: Tensor, scales_b: Tensor, rows: Rows, device: torch.device
+    ) -> None:
+        self.v_a = factors.v_a.to(device)
+        self.m = factors.m.to(device)
+        self.u_b_t = factors.u_b.T.contiguous().to(device)
         # (rows, 1, r): broadcasts over the sequence dimension of (rows, seq, r).
-        self.scales_a = scales_a[rows.index].unsqueeze(1)
-        self.scales_b = scales_b[rows.index].unsqueeze(1)
+        self.scales_a = scales_a[rows.index].unsqueeze(1).to(device)
+        self.scales_b = scales_b[rows.index].unsqueeze(1).to(device)
 
     def __call__(self, x: Tensor) -> Tensor:
         h = (x @ self.v_a).mul_(self.scales_a)
@@ -115,15 +119,15 @@ class _SVDRows(_Delta):
 class _LoRARows(_Delta):
     """`x A_i^T B_i^T` with the candidates' own factors, batched by candidate block or by row."""
 
-    def __init__(self, a: Tensor, b: Tensor, rows: Rows) -> None:
+    def __init__(self, a: Tensor, b: Tensor, rows: Rows, device: torch.device) -> None:
         self.blocks = rows.blocks
         if rows.blocks is not None:
             start, count, _ = rows.blocks
             a, b = a[start : start + count], b[start : start + count]
         else:
             a, b = a[rows.index], b[rows.index]
-        self.a_t = a.transpose(1, 2)  # (n, in, r)
-        self.b_t = b.transpose(1, 2)  # (n, r, out)
+        self.a_t = a.transpose(1, 2).to(device)  # (n, in, r)
+        self.b_t = b.transpose(1, 2).to(device)  # (n, r, out)
 
     def __call__(self, x: Tensor) -> Tensor:
         rows, seq, _ = x.shape

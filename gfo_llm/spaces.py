@@ -21,7 +21,8 @@ import json
 import math
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,28 +84,33 @@ def init_lora(
     modules = dict(model.named_modules())
     generator = torch.Generator().manual_seed(seed)
     lora: LoRAWeights = {}
-    for name in target_linear_modules(model, target_modules):
-        layer = modules[name]
-        assert isinstance(layer, nn.Linear)
-        out_features, in_features = layer.weight.shape
-        if rank > min(out_features, in_features):
-            raise GfoError(
-                f"rank {rank} exceeds the size of {name} ({out_features}x{in_features}); "
-                f"use rank <= {min(out_features, in_features)}"
-            )
-        if method == "pissa":
-            weight = layer.weight.detach().to(torch.float32)
-            u, s, vh = torch.linalg.svd(weight, full_matrices=False)
-            root = s[:rank].sqrt()
-            b = u[:, :rank] * root
-            a = root[:, None] * vh[:rank]
-            layer.weight.copy_((weight - b @ a).to(layer.weight.dtype))
-        else:
-            bound = 1.0 / math.sqrt(in_features)  # kaiming_uniform_(a=sqrt(5)), PEFT's default for A
-            a = (torch.rand(rank, in_features, generator=generator) * 2 - 1) * bound
-            b = torch.zeros(out_features, rank)
-        lora[name] = (a.contiguous(), b.contiguous())
+    with _one_thread():
+        for name in target_linear_modules(model, target_modules):
+            lora[name] = _init_module(modules[name], name, rank, method, generator)
     return lora
+
+
+def _init_module(
+    layer: nn.Module, name: str, rank: int, method: str, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    assert isinstance(layer, nn.Linear)
+    out_features, in_features = layer.weight.shape
+    if rank > min(out_features, in_features):
+        raise GfoError(
+            f"rank {rank} exceeds the size of {name} ({out_features}x{in_features}); "
+            f"use rank <= {min(out_features, in_features)}"
+        )
+    if method == "random":
+        bound = 1.0 / math.sqrt(in_features)  # kaiming_uniform_(a=sqrt(5)), PEFT's default for A
+        a = (torch.rand(rank, in_features, generator=generator) * 2 - 1) * bound
+        return a, torch.zeros(out_features, rank)
+    weight = layer.weight.detach().to(torch.float32)
+    u, s, vh = torch.linalg.svd(weight, full_matrices=False)
+    root = s[:rank].sqrt()
+    b = (u[:, :rank] * root).contiguous()
+    a = (root[:, None] * vh[:rank]).contiguous()
+    layer.weight.copy_((weight - b @ a).to(layer.weight.dtype))
+    return a.cpu(), b.cpu()
 
 
 def load_peft_adapter(
@@ -254,9 +260,10 @@ class Space(ABC):
         vectors = torch.as_tensor(vectors)
         if vectors.ndim == 1:
             vectors = vectors[None]
-        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim or vectors.shape[0] < 1:
             raise GfoError(
-                f"population must have shape (P, {self.dim}) for this space; got {tuple(vectors.shape)}"
+                f"population must have shape (P, {self.dim}) with P >= 1 for this space; "
+                f"got {tuple(vectors.shape)}"
             )
         return vectors.detach().to(torch.float32).contiguous()
 
@@ -285,23 +292,9 @@ class SVDSpace(Space):
         generator = torch.Generator().manual_seed(seed)
         self.alpha = alpha
         self.factors: dict[str, SVDFactors] = {}
-        for name, (a, b) in lora.items():
-            a, b = a.to(torch.float32), b.to(torch.float32)
-            u_a, s_a, vh_a = torch.linalg.svd(a, full_matrices=False)
-            u_b, s_b, vh_b = torch.linalg.svd(b, full_matrices=False)
-            u_a, vh_a = _complete(u_a, s_a, generator), _complete(vh_a.T, s_a, generator).T
-            u_b, vh_b = _complete(u_b, s_b, generator), _complete(vh_b.T, s_b, generator).T
-            r = s_a.shape[0]
-            self.factors[name] = SVDFactors(
-                u_a=u_a.contiguous(),
-                s_a=s_a,
-                v_a=vh_a.T.contiguous(),
-                u_b=u_b.contiguous(),
-                s_b=s_b,
-                v_b=vh_b.T.contiguous(),
-                m=(u_a.T @ vh_b.T).contiguous(),
-                searched=math.ceil(alpha * r),
-            )
+        with _one_thread():
+            for name, (a, b) in lora.items():
+                self.factors[name] = _decompose(a, b, alpha, generator)
         self.modules = tuple(self.factors)
         self.dim = sum(2 * f.searched for f in self.factors.values())
 
@@ -362,6 +355,39 @@ class LoRASpace(Space):
             b[name] = vectors[:, offset + n_a : offset + n_a + n_b].view(size, *shape_b)
             offset += n_a + n_b
         return LoRAPopulation(a=a, b=b, size=size)
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run small CPU SVDs on one thread.
+
+    A 576x576 SVD takes 0.06 s on one core; with two OpenMP threads on a busy 2-core machine the
+    spinning workers wait for time slices and the same SVD took 14-30 s (measured here).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _decompose(a: Tensor, b: Tensor, alpha: float, generator: torch.Generator) -> SVDFactors:
+    a, b = a.to(torch.float32), b.to(torch.float32)
+    u_a, s_a, vh_a = torch.linalg.svd(a, full_matrices=False)
+    u_b, s_b, vh_b = torch.linalg.svd(b, full_matrices=False)
+    u_a, v_a = _complete(u_a, s_a, generator), _complete(vh_a.T, s_a, generator)
+    u_b, v_b = _complete(u_b, s_b, generator), _complete(vh_b.T, s_b, generator)
+    return SVDFactors(
+        u_a=u_a.contiguous(),
+        s_a=s_a,
+        v_a=v_a.contiguous(),
+        u_b=u_b.contiguous(),
+        s_b=s_b,
+        v_b=v_b.contiguous(),
+        m=(u_a.T @ v_b).contiguous(),
+        searched=math.ceil(alpha * s_a.shape[0]),
+    )
 
 
 def _add_offsets(singular_values: Tensor, offsets: Tensor) -> Tensor:

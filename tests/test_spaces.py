@@ -144,6 +144,8 @@ def test_spaces_refuse_wrong_shapes() -> None:
     space = SVDSpace(random_lora())
     with pytest.raises(GfoError, match=r"population must have shape \(P, 64\).*got \(2, 63\)"):
         space.population(torch.zeros(2, 63))
+    with pytest.raises(GfoError, match=r"P >= 1.*got \(0, 64\)"):
+        space.population(torch.zeros(0, 64))
     with pytest.raises(GfoError, match=r"vector must have shape \(64,\)"):
         space.to_lora(torch.zeros(3))
     with pytest.raises(GfoError, match="alpha must be in"):
