@@ -113,9 +113,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     task = task_class(config)
     args.out.mkdir(parents=True, exist_ok=True)
 
+    # The search's held-out set: the first eval_limit items of eval_split (evaluate's default is all).
+    heldout = {"split": config.eval_split, "limit": config.eval_limit}
     before = None
     if not args.skip_before:
-        before = evaluate(args.problem, config, adapter=None, out=args.out / "eval-before")
+        before = evaluate(args.problem, config, adapter=None, **heldout, out=args.out / "eval-before")
 
     model, tokenizer = load_model(config.model, dtype="fp32", cache_dir=config.cache_dir)
     lora = LoraConfig(
@@ -167,7 +169,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     train_s = time.perf_counter() - train_started
     adapter_dir = args.out / "adapter"
     model.save_pretrained(str(adapter_dir))  # the PEFT model TRL trained in place
-    after = evaluate(args.problem, config, adapter=adapter_dir, out=args.out / "eval-after")
+    after = evaluate(args.problem, config, adapter=adapter_dir, **heldout, out=args.out / "eval-after")
 
     curve = [
         {"step": h["step"], "reward": h.get(f"rewards/{reward.__name__}/mean", h.get("reward"))}

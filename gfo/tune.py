@@ -199,6 +199,11 @@ def merge_space(base: dict[str, Param], changes: Mapping[str, Any], config_cls: 
                 f"(known: {', '.join(sorted(_SPACE_KEYS))})"
             )
         values = dict(change)
+        if name not in space and "choices" not in values and not {"low", "high"} <= set(values):
+            raise ConfigError(
+                f"search space [{name}] adds a setting the algorithm does not search by default; "
+                "give both low and high (or choices)"
+            )
         if "choices" in values:
             values["choices"] = tuple(values["choices"])
             values.setdefault("low", None)

@@ -167,11 +167,11 @@ def test_cli_bad_inputs_are_one_line_exit_2(
 def test_cli_bench_runs_the_grid(tmp_path: Path) -> None:
     out = tmp_path / "b"
     cmd = [sys.executable, "-m", "gfo.cli", "bench", "--algos", "cem,sep-cmaes", "--problem", "sphere"]
-    cmd += ["--seeds", "2", "--generations", "4", "--set", "problem.dim=5", "--out", str(out)]
+    cmd += ["--seeds", "1", "--generations", "4", "--set", "problem.dim=5", "--out", str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     rows = read_csv(out / "results.csv")
-    assert len(rows) == 4 and {r["status"] for r in rows} == {"ok"}
+    assert [(r["algo"], r["status"]) for r in rows] == [("cem", "ok"), ("sep-cmaes", "ok")]
     assert {int(r["generations"]) for r in rows} == {4}
     assert "ranked by median final best" in done.stdout
     assert (out / "summary.md").exists() and (out / "curves.png").exists()
