@@ -194,6 +194,12 @@ class CEMConfig:
             raise ConfigError(
                 f"algo.parenthood_ratio must be in (0, 1); got {self.parenthood_ratio}, use 0.25"
             )
+        if self.popsize is not None and int(self.popsize * self.parenthood_ratio) < 2:
+            # one elite gives a zero (then NaN) spread: the search stops for good
+            raise ConfigError(
+                f"algo.popsize x algo.parenthood_ratio must leave >= 2 elites for cem; got {self.popsize} x "
+                f"{self.parenthood_ratio}, use popsize >= {math.ceil(2 / self.parenthood_ratio)}"
+            )
 
 
 @dataclass(frozen=True)

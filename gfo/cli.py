@@ -20,7 +20,7 @@ app = typer.Typer(
 
 AlgoOpt = Annotated[str | None, typer.Option("--algo", "-a", help="algorithm name (see `gfo list`)")]
 ProblemOpt = Annotated[str | None, typer.Option("--problem", "-p", help="problem name (see `gfo list`)")]
-ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML file with [algo], [problem], [run]")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML: sections algo, problem, run")]
 SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", help="override: section.key=value (sections algo, problem, run); repeatable"),
