@@ -108,7 +108,7 @@ SPACES: dict[str, dict[str, Param]] = {
     "cem": {
         "popsize": Param(8, 256),
         "stdev_init": _STDEV,
-        "parenthood_ratio": Param(0.05, 0.5, log=False),
+        "parenthood_ratio": Param(0.25, 0.5, log=False),  # popsize 8 x 0.25 = the 2 elites cem needs
         "stdev_max_change": Param(0.02, 0.5),
     },
     "cmaes": _CMA,
