@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not args.skip_before:
         before = evaluate(args.problem, config, adapter=None, **heldout, out=args.out / "eval-before")
 
+    torch.set_grad_enabled(True)  # gfo's evaluation turns gradients off process-wide; GRPO needs them
     model, tokenizer = load_model(config.model, dtype="fp32", cache_dir=config.cache_dir)
     lora = LoraConfig(
         r=config.rank,
