@@ -1,7 +1,7 @@
 """Population throughput: gfo's batched per-row LoRA engine against plain batching, a sequential
 per-candidate loop and PEFT's mixed-adapter batches, on the same prompts and candidates.
 
-    python benchmarks/population_throughput.py                       # P=8, B=8, T=64, bf16, svd
+    python benchmarks/population_throughput.py                       # P=8, B=8, T=64, auto dtype, svd
     python benchmarks/population_throughput.py --space lora --json runs/throughput.json
     GFO_DATA_DIR=../shared/data python benchmarks/population_throughput.py --prompts 16
 
@@ -64,7 +64,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--popsize", type=int, default=8, help="candidates P")
     p.add_argument("--prompts", type=int, default=8, help="prompts B per candidate")
     p.add_argument("--max-new-tokens", type=int, default=64, help="generation cap T")
-    p.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
+    p.add_argument(
+        "--dtype",
+        choices=("auto", "bf16", "fp32"),
+        default="auto",
+        help="auto: bf16 where it is native (GPU, AVX512-BF16/AMX CPU), else fp32",
+    )
     p.add_argument("--space", choices=("svd", "lora"), default="svd")
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--stdev", type=float, default=0.02, help="spread of the candidates around the centre")
@@ -104,9 +109,10 @@ class Bench:
     """The model, the candidates and one runner per method, built lazily (a subprocess builds one)."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        from gfo_llm.model import chat_prompt, load_model
+        from gfo_llm.model import chat_prompt, load_model, resolve_dtype
 
         self.args = args
+        args.dtype = resolve_dtype(args.dtype)
         self.model, self.tokenizer = load_model(args.model, args.dtype)
         self.prompts = [chat_prompt(self.tokenizer, q, SYSTEM) for q in questions(args)]
         self._space: Any = None

@@ -30,6 +30,7 @@ class SearchSpec:
     solution_length: int
     center: torch.Tensor
     stdev: float
+    popsize: int | None = None  # the problem's suggestion (`Problem.default_popsize`)
 
 
 def default_popsize(n: int, *, even: bool = False, minimum: int = 4) -> int:
@@ -52,6 +53,14 @@ class Algorithm:
     @property
     def popsize(self) -> int:
         raise NotImplementedError
+
+    def _popsize(self, fallback: int | None, *, even: bool = False) -> int | None:
+        """`algo.popsize`, else the problem's suggestion (rounded up to even if needed), else `fallback`."""
+        if self.config.popsize:
+            return int(self.config.popsize)
+        if self.spec.popsize:
+            return self.spec.popsize + (self.spec.popsize % 2 if even else 0)
+        return fallback
 
     def ask(self) -> torch.Tensor:
         """A (popsize, solution_length) tensor of candidates to evaluate."""
@@ -318,7 +327,7 @@ class ES(_Gaussian):
         spread = self.spec.stdev
         return _PGPE(
             problem,
-            popsize=c.popsize or default_popsize(problem.solution_length, even=True, minimum=16),
+            popsize=self._popsize(default_popsize(problem.solution_length, even=True, minimum=16), even=True),
             center_learning_rate=c.center_learning_rate or spread / 40,
             stdev_learning_rate=0.0,
             stdev_init=c.stdev_init or spread / 40,
@@ -341,7 +350,7 @@ class PGPE(_Gaussian):
         max_speed = c.max_speed or (2 * c.center_learning_rate if c.center_learning_rate else stdev / 10)
         return _PGPE(
             problem,
-            popsize=c.popsize or default_popsize(problem.solution_length, even=True, minimum=32),
+            popsize=self._popsize(default_popsize(problem.solution_length, even=True, minimum=32), even=True),
             center_learning_rate=c.center_learning_rate or max_speed / 2,
             stdev_learning_rate=c.stdev_learning_rate,
             stdev_init=stdev,
@@ -364,7 +373,7 @@ class SNES(_Gaussian):
         c = self.config
         return _SNES(
             problem,
-            popsize=c.popsize,
+            popsize=self._popsize(None),
             stdev_init=stdev,
             center_init=self.spec.center,
             center_learning_rate=c.center_learning_rate,
@@ -382,7 +391,7 @@ class XNES(_Gaussian):
         c = self.config
         return _XNES(
             problem,
-            popsize=c.popsize or default_popsize(problem.solution_length, minimum=32),
+            popsize=self._popsize(default_popsize(problem.solution_length, minimum=32)),
             stdev_init=stdev,
             center_init=self.spec.center,
             center_learning_rate=c.center_learning_rate,
@@ -398,9 +407,13 @@ class CEM(_Gaussian):
         from evotorch.algorithms import CEM as _CEM
 
         c = self.config
+        popsize = self._popsize(default_popsize(problem.solution_length, minimum=32))
+        assert popsize is not None
+        if not c.popsize:  # a problem's suggestion still leaves >= 2 elites (one gives a NaN spread)
+            popsize = max(popsize, math.ceil(2 / c.parenthood_ratio))
         return _CEM(
             problem,
-            popsize=c.popsize or default_popsize(problem.solution_length, minimum=32),
+            popsize=popsize,
             parenthood_ratio=c.parenthood_ratio,
             stdev_init=stdev,
             center_init=self.spec.center,
@@ -422,7 +435,7 @@ class CMAES(_EvoTorch):
         return _CMAES(
             problem,
             stdev_init=stdev,
-            popsize=c.popsize,
+            popsize=self._popsize(None),
             center_init=self.spec.center,
             active=c.active,
             c_sigma_ratio=c.c_sigma_ratio,

@@ -180,7 +180,7 @@ def run_all(
         if not force and (r.run_dir / "summary.json").exists():
             log(f"{tag}: done before, skipped")
             continue
-        resume = not force and (r.run_dir / checkpoint.NAME).exists()
+        resume = not force and checkpoint.exists(r.run_dir)
         try:
             prepare_run_dir(r.run_dir, resume=resume, force=not resume)
             error_file.unlink(missing_ok=True)

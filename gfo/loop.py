@@ -153,7 +153,9 @@ def run(
         evaluator = (make_evaluator or _default_evaluator)(problem, spec)
         try:
             center = problem.initial_center()
-            search = SearchSpec(problem.sense, problem.solution_length, center, problem.initial_stdev)
+            search = SearchSpec(
+                problem.sense, problem.solution_length, center, problem.initial_stdev, problem.default_popsize
+            )
             algorithm: Algorithm = ALGORITHMS.get(spec.algorithm)(spec.algo, search, spec.run.seed)
             state = _State()
             if saved:

@@ -66,6 +66,9 @@ class Problem:
     solution_length: int
     #: Default spread of the initial search distribution (an algorithm's `stdev_init` wins).
     initial_stdev: float = 1.0
+    #: Population size used when the algorithm's `popsize` is not set (None: the algorithm's own
+    #: rule, e.g. 4 + 3 ln n). Problems whose evaluations are expensive suggest a small one.
+    default_popsize: int | None = None
 
     def __init__(self, config: Any) -> None:
         self.config = config

@@ -276,7 +276,11 @@ def _kind(hint: Any, name: str) -> str:
 def _default_popsize(spec: RunSpec, problem: Problem) -> int:
     """The population the algorithm picks by itself for this problem (its rules live in one place)."""
     search = SearchSpec(
-        problem.sense, problem.solution_length, torch.zeros(problem.solution_length), problem.initial_stdev
+        problem.sense,
+        problem.solution_length,
+        torch.zeros(problem.solution_length),
+        problem.initial_stdev,
+        problem.default_popsize,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # EvoTorch's construction chatter; the trials will show it

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from gfo.errors import ConfigError
 
-DTYPES = ("bf16", "fp32", "fp16")
+DTYPES = ("auto", "bf16", "fp32", "fp16")
 SPACES = ("svd", "lora")
 INITS = ("pissa", "random")
 BACKENDS = ("transformers", "vllm")
@@ -23,7 +23,10 @@ class LLMConfig:
             "help": "hub id, local model directory or .gguf file; default: bundled SmolLM2-135M-Instruct"
         },
     )
-    dtype: str = field(default="bf16", metadata={"help": "bf16 (fastest on CPU), fp32 or fp16"})
+    dtype: str = field(
+        default="auto",
+        metadata={"help": "auto (bf16 on GPUs and CPUs with native bf16, else fp32), bf16, fp32 or fp16"},
+    )
     space: str = field(
         default="svd", metadata={"help": "svd: singular values of the LoRA factors (ESSA); lora: full A, B"}
     )

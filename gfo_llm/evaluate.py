@@ -23,6 +23,7 @@ from gfo.checkpoint import atomic_write
 from gfo.errors import GfoError
 from gfo.registry import PROBLEMS
 from gfo_llm.config import LLMConfig
+from gfo_llm.model import resolve_dtype
 
 COMPLETIONS = "completions.jsonl"
 RESULT = "eval.json"
@@ -137,7 +138,7 @@ def evaluate(
         "adapter": adapter,
         "adapter_rank": config.rank if adapter else None,
         "model": problem.model_id,
-        "dtype": config.dtype,
+        "dtype": resolve_dtype(config.dtype),
         "max_new_tokens": config.max_new_tokens,
         "system_prompt": config.system_prompt,
         "generated_tokens": tokens,

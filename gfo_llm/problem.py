@@ -27,6 +27,10 @@ class LLMProblem(Problem):
     sense: ClassVar[Sense] = "max"
     Config: ClassVar[type] = LLMConfig
     task_class: ClassVar[type[Task]]
+    # 8 candidates x 8 prompts (problem.batch_size) = 64 rows: one batched generate call per
+    # generation (problem.row_budget), about 2.5 min at 96 tokens on a 2-core CPU. On a GPU use
+    # --popsize 32 to 96 and problem.batch_size 32 to 100 (ESSA's values).
+    default_popsize = 8
 
     @classmethod
     def for_task(cls, task_class: type[Task]) -> type[LLMProblem]:
@@ -207,6 +211,7 @@ class LLMProblem(Problem):
         return {
             "task": self.task.name,
             "model": self.model_id,
+            "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
             "space": c.space,
             "search_dim": self.solution_length,
             "rank": c.rank,

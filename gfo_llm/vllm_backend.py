@@ -37,7 +37,7 @@ INSTALL_HINT = (
 )
 #: The values vLLM accepts for `max_lora_rank` (vllm.config.lora.MaxLoRARanks).
 LORA_RANK_SLOTS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
-VLLM_DTYPES = {"bf16": "bfloat16", "fp32": "float32", "fp16": "float16"}
+VLLM_DTYPES = {"auto": "auto", "bf16": "bfloat16", "fp32": "float32", "fp16": "float16"}
 
 
 def require_vllm() -> None:
@@ -83,7 +83,7 @@ class VLLMGenerator:
         base_model_id: str,
         target_modules: Sequence[str],
         residual: LoRAWeights | None = None,
-        dtype: str = "bf16",
+        dtype: str = "auto",
         quantization: str | None = None,
         max_loras: int = 0,
         max_model_len: int | None = None,

@@ -15,9 +15,9 @@ from gfo.errors import ConfigError, GfoError
 from gfo_llm.config import LLMConfig
 from gfo_llm.task import Example, Task
 from problems._answers import evaluate_expression, numeric_rewards
+from problems._generated import GeneratedConfig
 
 PROMPT = 'Compute {expression}. Give the final answer on its own last line, in the form "#### <number>".'
-MAX_ITEMS = 100_000
 
 
 class Level(NamedTuple):
@@ -35,16 +35,13 @@ LEVELS = {
 
 
 @dataclass(frozen=True)
-class ArithmeticConfig(LLMConfig):
+class ArithmeticConfig(GeneratedConfig):
     """Arithmetic settings on top of the shared LLM settings."""
 
     level: int = field(
         default=1,
         metadata={"help": "1: 2-3 terms of 1-2 digits, + -; 2: 3-4 terms, 3 digits, *; 3: 4-5, 4, ()"},
     )
-    train_size: int = field(default=2000, metadata={"help": "number of training items"})
-    test_size: int = field(default=500, metadata={"help": "number of held-out items (disjoint from train)"})
-    data_seed: int = field(default=0, metadata={"help": "seed of the generated items (not of the search)"})
     format_bonus: float = field(
         default=0.0, metadata={"help": "added to the reward when the answer uses the strict '#### N' format"}
     )
@@ -54,14 +51,6 @@ class ArithmeticConfig(LLMConfig):
         if self.level not in LEVELS:
             raise ConfigError(
                 f"problem.level must be one of 1, 2, 3; got {self.level}, use 1 for small models"
-            )
-        for name in ("train_size", "test_size"):
-            size = getattr(self, name)
-            if not 1 <= size <= MAX_ITEMS:
-                raise ConfigError(f"problem.{name} must be in [1, {MAX_ITEMS}]; got {size}, use e.g. 500")
-        if not 0.0 <= self.format_bonus <= 1.0:
-            raise ConfigError(
-                f"problem.format_bonus must be in [0, 1]; got {self.format_bonus}, use 0 (off) or e.g. 0.1"
             )
 
 

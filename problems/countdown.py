@@ -19,27 +19,24 @@ from gfo.errors import ConfigError, GfoError
 from gfo_llm.config import LLMConfig
 from gfo_llm.task import Example, Task
 from problems._answers import MAX_COMPLETION_CHARS, evaluate_expression
+from problems._generated import GeneratedConfig
 
 PROMPT = (
     "Using the numbers {numbers}, write an arithmetic expression that equals {target}. Use each number "
     "exactly once, with + - * / and parentheses. Think briefly, then give only the expression inside "
     "<answer></answer> tags, for example <answer>(1 + 2) * 3</answer>."
 )
-MAX_ITEMS = 100_000
 _EXPRESSION_CHARS = frozenset("0123456789+-−*/×÷()=. \t")
 
 
 @dataclass(frozen=True)
-class CountdownConfig(LLMConfig):
+class CountdownConfig(GeneratedConfig):
     """Countdown settings on top of the shared LLM settings."""
 
     min_numbers: int = field(default=3, metadata={"help": "fewest given numbers per item"})
     max_numbers: int = field(default=4, metadata={"help": "most given numbers per item"})
     max_number: int = field(default=100, metadata={"help": "given numbers are drawn from 1 .. max_number"})
     max_target: int = field(default=100, metadata={"help": "targets lie in 1 .. max_target"})
-    train_size: int = field(default=2000, metadata={"help": "number of training items"})
-    test_size: int = field(default=500, metadata={"help": "number of held-out items (disjoint from train)"})
-    data_seed: int = field(default=0, metadata={"help": "seed of the generated items (not of the search)"})
     format_bonus: float = field(
         default=0.0, metadata={"help": "added to the reward when the answer is inside <answer></answer> tags"}
     )
@@ -55,14 +52,6 @@ class CountdownConfig(LLMConfig):
             raise ConfigError(f"problem.max_number must be in [2, 10000]; got {self.max_number}, use 100")
         if not 1 <= self.max_target <= 1_000_000:
             raise ConfigError(f"problem.max_target must be in [1, 1000000]; got {self.max_target}, use 100")
-        for name in ("train_size", "test_size"):
-            size = getattr(self, name)
-            if not 1 <= size <= MAX_ITEMS:
-                raise ConfigError(f"problem.{name} must be in [1, {MAX_ITEMS}]; got {size}, use e.g. 500")
-        if not 0.0 <= self.format_bonus <= 1.0:
-            raise ConfigError(
-                f"problem.format_bonus must be in [0, 1]; got {self.format_bonus}, use 0 (off) or e.g. 0.1"
-            )
 
 
 class Countdown(Task):

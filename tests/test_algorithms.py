@@ -136,3 +136,20 @@ def test_bad_hyperparameters_name_the_rule(name: str, hp: dict, message: str) ->
         ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")
     ):
         ALGORITHMS.get(name).Config(**hp)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_problem_suggested_popsize_is_used_unless_algo_popsize_is_set(name: str) -> None:
+    cls = ALGORITHMS.get(name)
+    spec = SearchSpec("min", 20, torch.zeros(20), 1.0, popsize=9)
+    suggested = cls(cls.Config(), spec, 0)
+    expected = {"es": 10, "pgpe": 10, "cem": 9}.get(name, 9)  # antithetic ones round up to even
+    assert suggested.popsize == expected and suggested.ask().shape == (expected, 20)
+    assert cls(cls.Config(popsize=12), spec, 0).popsize == 12
+    assert cls(cls.Config(), SearchSpec("min", 20, torch.zeros(20), 1.0), 0).popsize != expected
+
+
+def test_cem_keeps_two_elites_when_a_problem_suggests_a_tiny_population() -> None:
+    cls = ALGORITHMS.get("cem")
+    spec = SearchSpec("min", 20, torch.zeros(20), 1.0, popsize=4)
+    assert cls(cls.Config(parenthood_ratio=0.25), spec, 0).popsize == 8

@@ -12,6 +12,7 @@ import torch
 
 from gfo.errors import GfoError
 from gfo_llm import model as model_module
+from gfo_llm.config import LLMConfig
 from gfo_llm.model import (
     bundled_model_file,
     cache_root,
@@ -19,6 +20,8 @@ from gfo_llm.model import (
     convert_gguf,
     load_model,
     model_id,
+    native_bf16,
+    resolve_dtype,
     tiny_model,
 )
 
@@ -39,7 +42,7 @@ def test_missing_paths_and_bad_dtype_are_user_errors(tmp_path: Path) -> None:
     text.write_text("not a model")
     with pytest.raises(GfoError, match=r"neither a \.gguf file nor a model directory"):
         load_model(str(text))
-    with pytest.raises(GfoError, match="dtype must be one of bf16, fp32, fp16; got 'int8'"):
+    with pytest.raises(GfoError, match="dtype must be auto or one of bf16, fp32, fp16; got 'int8'"):
         load_model(None, dtype="int8")
 
 
@@ -114,6 +117,20 @@ def test_load_model_from_a_directory(tiny_lm: tuple[Any, Any], tiny_model_dir: P
         assert torch.equal(model(ids).logits, tiny_lm[0](ids).logits)
     half, _ = load_model(str(tiny_model_dir), dtype="bf16")
     assert half.model.layers[0].self_attn.q_proj.weight.dtype == torch.bfloat16
+    auto, _ = load_model(str(tiny_model_dir))  # the default
+    expected = torch.bfloat16 if native_bf16() else torch.float32
+    assert auto.model.layers[0].self_attn.q_proj.weight.dtype == expected
+
+
+def test_auto_dtype_follows_native_bf16_support(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert resolve_dtype("fp32") == "fp32" and resolve_dtype("bf16") == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert resolve_dtype("auto") == "fp32"  # AVX2-only CPU: emulated bf16 is slower (docs/performance.md)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert resolve_dtype("auto") == "bf16"
+    assert LLMConfig().dtype == "auto"
 
 
 def test_chat_prompt_ends_with_the_generation_prompt(tiny_lm: tuple[Any, Any]) -> None:
