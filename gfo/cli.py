@@ -96,8 +96,10 @@ def _run(spec: object, out: Path, *, resume: bool, force: bool, quiet: bool) -> 
         bar.close()
     line = f"done: best {summary['best']:.6g} after {summary['evaluations']} evaluations"
     line += f", {summary['wall_s']:.1f} s"
+    if summary.get("heldout_initial") is not None:
+        line += f"; held-out {summary['heldout_initial']:.4g} at the start"
     if summary.get("heldout_best") is not None:
-        line += f"; best held-out {summary['heldout_best']:.4g}"
+        line += f", best held-out {summary['heldout_best']:.4g}"
     console.print(line)
     console.print(f"results in {out}/ (summary.json, metrics.jsonl, curve.png)")
 

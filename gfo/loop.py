@@ -89,7 +89,8 @@ class _State:
     best_solution: torch.Tensor | None = None
     heldout_best: float = math.nan
     heldout_solution: torch.Tensor | None = None
-    heldout_generation: int = -1
+    heldout_generation: int = -1  # -1 with a heldout_best: the initial centre
+    heldout_initial: float = math.nan  # the initial centre's held-out score, before generation 0
     nonfinite: int = 0
     counters: dict[str, float] = field(default_factory=dict)
 
@@ -217,6 +218,13 @@ def _loop(
         stop.check(out)
         started = time.perf_counter()
         g = state.generation
+        initial: dict[str, float] = {}
+        if every and g == 0 and math.isnan(state.heldout_initial):
+            # "Before": the starting point on held-out data, itself a candidate for the kept solution.
+            center = algorithm.center()
+            state.heldout_initial = float(evaluator.evaluate_heldout(center[None])[0])
+            state.heldout_best, state.heldout_solution = state.heldout_initial, center.clone()
+            initial = {"heldout_initial": state.heldout_initial}
         population = algorithm.ask()
         result = evaluator.evaluate(population, Context(generation=g, seed=run_cfg.seed))
         eval_s = time.perf_counter() - started
@@ -242,6 +250,7 @@ def _loop(
             "worst": max(values) if sense == "min" else min(values),
             "best_so_far": state.best,
             **steps,
+            **initial,
         }
         for key, tensor in result.info.items():
             record[key] = float(tensor.double().mean())
@@ -322,6 +331,7 @@ def _finish(spec: RunSpec, problem: Problem, state: _State, out: Path, reason: s
         "best_solution": "best.safetensors:best",
         "selected_solution": "best.safetensors:selected",
         "selected_by": "heldout" if use_heldout else "best_so_far",
+        "heldout_initial": None if math.isnan(state.heldout_initial) else state.heldout_initial,
         "heldout_best": None if not use_heldout else state.heldout_best,
         "heldout_generation": None if not use_heldout else state.heldout_generation,
         "nonfinite": state.nonfinite,

@@ -27,6 +27,8 @@ def plot_run(run_dir: Path) -> Path:
     ax.plot(x, [r["best"] for r in records], label="generation best", lw=1, alpha=0.7)
     ax.plot(x, [r["mean"] for r in records], label="generation mean", lw=1, alpha=0.7)
     held = [(r["evaluations"], r["heldout"]) for r in records if "heldout" in r]
+    if records and "heldout_initial" in records[0]:
+        ax.plot([0], [records[0]["heldout_initial"]], "D", color="black", label="held-out (start)")
     if held:
         ax.plot([e for e, _ in held], [h["center"] for _, h in held], "o-", label="held-out (centre)")
         ax.plot([e for e, _ in held], [h["best"] for _, h in held], "s--", label="held-out (gen. best)")

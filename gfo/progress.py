@@ -45,6 +45,8 @@ class ProgressBar(Callback):
     def on_generation(self, record: dict[str, Any]) -> None:
         assert self._progress is not None
         status = f"best {record['best']:.4g}  mean {record['mean']:.4g}  so far {record['best_so_far']:.4g}"
+        if "heldout_initial" in record:
+            status += f"  held-out at start {record['heldout_initial']:.4g}"
         if "heldout" in record:
             status += f"  held-out {record['heldout']['center']:.4g}"
         if "generated_tokens_per_s" in record:

@@ -117,6 +117,13 @@ def test_gsm8k_runs_with_every_algorithm(
         # 4 candidates x 2 prompts x at most 8 tokens, at least one token each
         assert 8 <= r["generated_tokens"] <= 64
         assert r["completions"] == 8
+    # "before": the initial centre on held-out data, once, in generation 0's line and the summary
+    assert 0.0 <= rows[0]["heldout_initial"] <= 1.0 and "heldout_initial" not in rows[1]
+    assert summary["heldout_initial"] == rows[0]["heldout_initial"]
+    assert summary["heldout_best"] >= summary["heldout_initial"]
+    assert summary["heldout_best"] == max(
+        [summary["heldout_initial"], *(v for r in rows for v in r["heldout"].values())]
+    )
     assert summary["peak_rss_mb"] > 0
     assert summary["exported"] == "adapter"
     assert summary["selected_by"] == "heldout"
