@@ -21,7 +21,7 @@ install: $(STAMP)
 
 # Main job: ESSA on the bundled SmolLM2-135M-Instruct, GSM8K from $(GFO_DATA_DIR).
 run: $(STAMP)
-	$(BIN)/gfo run --algo pgpe --problem gsm8k --out runs/quickstart --force $(ARGS)
+	$(BIN)/gfo run --algo pgpe --problem gsm8k --set algo.max_speed=0.75 --out runs/quickstart --force $(ARGS)
 
 # A benchmark problem, seconds.
 run-bench: $(STAMP)

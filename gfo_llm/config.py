@@ -47,7 +47,11 @@ class LLMConfig:
         },
     )
     stdev: float = field(
-        default=0.02, metadata={"help": "default initial search spread (algo.stdev_init wins)"}
+        default=0.25,
+        metadata={
+            "help": "initial search spread, in singular-value units for svd (algo.stdev_init wins); "
+            "0.25 makes most greedy completions of the bundled model change (docs/learning.md)"
+        },
     )
     batch_size: int = field(
         default=8, metadata={"help": "training prompts per generation (same for all candidates)"}
