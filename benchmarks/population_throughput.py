@@ -112,8 +112,7 @@ class Bench:
         from gfo_llm.model import chat_prompt, load_model, resolve_dtype
 
         self.args = args
-        args.dtype = resolve_dtype(args.dtype)
-        self.model, self.tokenizer = load_model(args.model, args.dtype)
+        self.model, self.tokenizer = load_model(args.model, resolve_dtype(args.dtype))
         self.prompts = [chat_prompt(self.tokenizer, q, SYSTEM) for q in questions(args)]
         self._space: Any = None
         self.original = self.model
@@ -274,6 +273,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rss_child(args)
         return {}
     rows = args.popsize * args.prompts
+    from gfo_llm.model import resolve_dtype
+
+    args.dtype = resolve_dtype(args.dtype)
     print(
         f"P={args.popsize} B={args.prompts} T={args.max_new_tokens} {args.dtype} space={args.space} "
         f"rank={args.rank} threads={torch.get_num_threads()}",
