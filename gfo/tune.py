@@ -377,6 +377,8 @@ class Pruning(Callback):
         import optuna
 
         if self._uses_heldout:
+            if "heldout_initial" in record:  # the start: the same in every trial, part of heldout_best
+                self._heldout = record["heldout_initial"]
             if "heldout" not in record:
                 return  # between held-out evaluations nothing new is known
             for score in record["heldout"].values():

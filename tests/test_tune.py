@@ -122,6 +122,14 @@ def test_pruning_uses_heldout_scores_when_the_problem_has_them() -> None:
     cb.on_generation({"generation": 3, "best_so_far": 0.9, "heldout": {"center": 0.25, "best": 0.1}})
     assert trial.reports == [(0.3, 1), (0.3, 3)]  # best held-out so far, never the training fitness
 
+    # The start's held-out score counts too, as in the run's heldout_best (the trial's objective).
+    trial = FakeTrial(prune_from=99)
+    cb = Pruning(trial, "max")
+    cb.on_start(None, WithHeldout(), None, 0)  # type: ignore[arg-type]
+    cb.on_generation({"generation": 0, "best_so_far": 0.9, "heldout_initial": 0.35})
+    cb.on_generation({"generation": 1, "best_so_far": 0.9, "heldout": {"center": 0.2, "best": 0.3}})
+    assert trial.reports == [(0.35, 1)]
+
 
 def test_study_holds_defaults_as_trial_0_and_best_toml_reproduces_the_best(study) -> None:
     spec, out, result = study
