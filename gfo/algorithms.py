@@ -504,5 +504,8 @@ def _clone(value: Any) -> Any:
 
 
 def _stepsize_stats(stdev: torch.Tensor) -> dict[str, float]:
-    s = stdev.detach().float().reshape(-1)
-    return {"stepsize_mean": float(s.mean()), "stepsize_min": float(s.min()), "stepsize_max": float(s.max())}
+    s = stdev.detach().double().reshape(-1)
+    # fsum: exact, so the logged mean does not depend on how many threads torch reduces with (a
+    # resumed run in another process must log the same bits).
+    mean = math.fsum(s.tolist()) / max(len(s), 1)
+    return {"stepsize_mean": mean, "stepsize_min": float(s.min()), "stepsize_max": float(s.max())}
