@@ -84,7 +84,7 @@ def init_lora(
     modules = dict(model.named_modules())
     generator = torch.Generator().manual_seed(seed)
     lora: LoRAWeights = {}
-    with _one_thread():
+    with one_thread():
         for name in target_linear_modules(model, target_modules):
             lora[name] = _init_module(modules[name], name, rank, method, generator)
     return lora
@@ -292,7 +292,7 @@ class SVDSpace(Space):
         generator = torch.Generator().manual_seed(seed)
         self.alpha = alpha
         self.factors: dict[str, SVDFactors] = {}
-        with _one_thread():
+        with one_thread():
             for name, (a, b) in lora.items():
                 self.factors[name] = _decompose(a, b, alpha, generator)
         self.modules = tuple(self.factors)
@@ -358,7 +358,7 @@ class LoRASpace(Space):
 
 
 @contextmanager
-def _one_thread() -> Iterator[None]:
+def one_thread() -> Iterator[None]:
     """Run small CPU SVDs on one thread.
 
     A 576x576 SVD takes 0.06 s on one core; with two OpenMP threads on a busy 2-core machine the

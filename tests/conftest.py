@@ -33,14 +33,10 @@ def tiny_lm() -> tuple[Any, Any]:
 def torch_single_thread() -> Iterator[None]:
     """One torch thread for the duration of a test: tiny models gain nothing from threads, and on a
     busy machine OpenMP's spinning workers make every small op wait for a time slice (10x slower)."""
-    import torch
+    from gfo_llm.spaces import one_thread
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture

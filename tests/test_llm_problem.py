@@ -22,6 +22,7 @@ from gfo.problem import Context
 from gfo.registry import ALGORITHMS
 from gfo.spec import resolve
 from gfo_llm.problem import LLMProblem
+from gfo_llm.spaces import one_thread
 from problems.arithmetic import Arithmetic, ArithmeticConfig
 
 TINY = ("problem.dtype=fp32", "problem.max_new_tokens=8", "problem.batch_size=2", "problem.eval_limit=4")
@@ -42,10 +43,8 @@ TextProblem = LLMProblem.for_task(TextTask)
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread() -> Iterator[None]:
     # The tiny model's matrices are 64 wide: one thread is faster, and far faster on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_thread():
+        yield
 
 
 @pytest.fixture(autouse=True)
