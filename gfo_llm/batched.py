@@ -13,7 +13,7 @@ population costs about as much as plain batched inference of the same number of 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from gfo.errors import GfoError
+from gfo_llm.config import ENGINES
+from gfo_llm.decode import DecodeStats, greedy_decode, stop_length, stop_matcher
 from gfo_llm.spaces import Population, Space, SVDFactors, SVDPopulation, SVDSpace
 
 
@@ -192,35 +194,52 @@ class GenerationResult:
 
 
 class PopulationGenerator:
-    """Greedy generation for a whole population through one `model.generate` call per chunk.
+    """Greedy generation for a whole population: candidates x prompts rows, per-row LoRA.
 
     `model` must already carry the space's base weights (after `init_lora`, the PiSSA residual):
     the generator wraps the space's modules in place and owns the model from then on (`close()`
-    restores plain linear layers). Rows are candidates x prompts, candidate-major, in chunks of at
-    most `row_budget` rows; a chunk holds whole candidates when `row_budget >= B`, otherwise one
-    candidate and a slice of the prompts.
+    restores plain linear layers). `engine="continuous"` (default) runs every row through one
+    continuous-batching decode loop of at most `row_budget` rows in flight (`gfo_llm.decode`);
+    `engine="hf"`, the reference, hands chunks of at most `row_budget` rows to `model.generate`
+    (a chunk holds whole candidates when `row_budget >= B`, otherwise one candidate and a slice of
+    the prompts) and runs each chunk until its longest row stops.
     """
 
-    def __init__(self, model: nn.Module, tokenizer: Any, space: Space, row_budget: int = 64) -> None:
+    def __init__(
+        self, model: nn.Module, tokenizer: Any, space: Space, row_budget: int = 64, engine: str = "continuous"
+    ) -> None:
         if row_budget < 1:
             raise GfoError(f"row_budget must be >= 1; got {row_budget}, use e.g. 64")
+        if engine not in ENGINES:
+            raise GfoError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
         self.model: Any = model  # a transformers causal LM (`generate`)
         self.tokenizer = tokenizer
         self.space = space
         self.row_budget = row_budget
+        self.engine = engine
         self.layers = install(model, space.modules)
         self._eos = _eos_ids(model, tokenizer)
+        self.last_stats: DecodeStats | None = None  # the continuous engine's counts of the last call
 
     @torch.inference_mode()
-    def generate(self, vectors: Tensor, prompts: Sequence[str], max_new_tokens: int) -> GenerationResult:
-        """Greedy completions of every candidate (rows of `vectors`) on every (chat-templated) prompt."""
+    def generate(
+        self, vectors: Tensor, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = ()
+    ) -> GenerationResult:
+        """Greedy completions of every candidate (rows of `vectors`) on every (chat-templated) prompt.
+
+        A row stops at EOS, at `max_new_tokens`, or at the shortest prefix whose text matches one
+        of the `stop` regular expressions.
+        """
         if not prompts:
             raise GfoError("prompts is empty; pass at least one prompt")
         if max_new_tokens < 1:
             raise GfoError(f"max_new_tokens must be >= 1; got {max_new_tokens}")
         start_time = time.perf_counter()
         population = self.space.population(vectors)
+        if self.engine == "continuous":
+            return self._continuous(population, prompts, max_new_tokens, stop, start_time)
         size, n_prompts = population.size, len(prompts)
+        matcher = stop_matcher(stop, self.tokenizer)
         encoded = self.tokenizer(list(prompts), padding=True, return_tensors="pt", add_special_tokens=False)
         completions = [[""] * n_prompts for _ in range(size)]
         num_tokens = [[0] * n_prompts for _ in range(size)]
@@ -233,22 +252,70 @@ class PopulationGenerator:
                     layer.select(name, population, rows, factors.get(name))
                 ids, mask = _trim_left(encoded["input_ids"][p0:p1], encoded["attention_mask"][p0:p1])
                 texts, counts, done = self._generate_rows(
-                    ids.repeat(c1 - c0, 1), mask.repeat(c1 - c0, 1), max_new_tokens
+                    ids.repeat(c1 - c0, 1), mask.repeat(c1 - c0, 1), max_new_tokens, matcher
                 )
-                for row, (text, count, stop) in enumerate(zip(texts, counts, done, strict=True)):
+                for row, (text, count, ended) in enumerate(zip(texts, counts, done, strict=True)):
                     c, p = c0 + row // (p1 - p0), p0 + row % (p1 - p0)
-                    completions[c][p], num_tokens[c][p], finished[c][p] = text, count, stop
+                    completions[c][p], num_tokens[c][p], finished[c][p] = text, count, ended
         finally:
             for layer in self.layers.values():
                 layer.clear()
         return GenerationResult(completions, num_tokens, finished, time.perf_counter() - start_time)
 
     def generate_one(
-        self, vector: Tensor | None, prompts: Sequence[str], max_new_tokens: int
+        self, vector: Tensor | None, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = ()
     ) -> GenerationResult:
         """One candidate (None: the space's centre, i.e. the initial adapter) on many prompts."""
         center = self.space.center() if vector is None else torch.as_tensor(vector)
-        return self.generate(center.reshape(1, -1), prompts, max_new_tokens)
+        return self.generate(center.reshape(1, -1), prompts, max_new_tokens, stop)
+
+    def _continuous(
+        self,
+        population: Population,
+        prompts: Sequence[str],
+        max_new_tokens: int,
+        stop: Sequence[str],
+        start_time: float,
+    ) -> GenerationResult:
+        """All candidates x prompts through one continuous-batching decode loop (`gfo_llm.decode`)."""
+        size, n_prompts = population.size, len(prompts)
+        encoded = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+        requests = [encoded[p] for _ in range(size) for p in range(n_prompts)]  # candidate-major
+        factors = self.space.factors if isinstance(self.space, SVDSpace) else {}
+        routed: list[tuple[int, ...]] = [()]
+
+        def select(rows: Sequence[int]) -> None:
+            key = tuple(rows)
+            if key == routed[0]:
+                return  # the same rows as the last forward pass: the layers are already routed
+            routed[0] = key
+            index = Rows.of(torch.tensor([r // n_prompts for r in rows]))
+            for name, layer in self.layers.items():
+                layer.select(name, population, index, factors.get(name))
+
+        try:
+            tokens, done, stats = greedy_decode(
+                self.model,
+                requests,
+                select=select,
+                eos=self._eos,
+                max_new_tokens=max_new_tokens,
+                row_budget=self.row_budget,
+                stop=stop_matcher(stop, self.tokenizer),
+                groups=[r // n_prompts for r in range(len(requests))],
+            )
+        finally:
+            for layer in self.layers.values():
+                layer.clear()
+        self.last_stats = stats
+        texts = self.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+        grid = [range(c * n_prompts, (c + 1) * n_prompts) for c in range(size)]
+        return GenerationResult(
+            [[texts[r] for r in rows] for rows in grid],
+            [[len(tokens[r]) for r in rows] for rows in grid],
+            [[done[r] for r in rows] for rows in grid],
+            time.perf_counter() - start_time,
+        )
 
     def close(self) -> None:
         """Restore the model's plain linear layers (the base weights stay as they are)."""
@@ -256,7 +323,7 @@ class PopulationGenerator:
         self.layers = {}
 
     def _generate_rows(
-        self, ids: Tensor, mask: Tensor, max_new_tokens: int
+        self, ids: Tensor, mask: Tensor, max_new_tokens: int, stop: Callable[[list[int]], bool] | None
     ) -> tuple[list[str], list[int], list[bool]]:
         from transformers import GenerationConfig
 
@@ -269,7 +336,14 @@ class PopulationGenerator:
             eos_token_id=self._eos,
         )
         out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
-        return decode_rows(self.tokenizer, out[:, ids.shape[1] :], self._eos)
+        texts, counts, finished = decode_rows(self.tokenizer, out[:, ids.shape[1] :], self._eos)
+        if stop is not None:  # the decode loop's rule after the fact: cut at the shortest match
+            for row, generated in enumerate(out[:, ids.shape[1] :].tolist()):
+                n = stop_length(generated[: counts[row]], stop)
+                if n is not None:
+                    counts[row], finished[row] = n, True
+                    texts[row] = self.tokenizer.decode(generated[:n], skip_special_tokens=True)
+        return texts, counts, finished
 
 
 def decode_rows(

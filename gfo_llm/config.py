@@ -10,6 +10,7 @@ DTYPES = ("auto", "bf16", "fp32", "fp16")
 SPACES = ("svd", "lora")
 INITS = ("pissa", "random")
 BACKENDS = ("transformers", "vllm")
+ENGINES = ("continuous", "hf")
 QUANTIZATIONS = ("bitsandbytes", "fp8", "awq", "gptq")
 
 
@@ -63,7 +64,15 @@ class LLMConfig:
     eval_limit: int = field(default=64, metadata={"help": "held-out items evaluated"})
     eval_split: str = field(default="test", metadata={"help": "split used for held-out evaluation"})
     row_budget: int = field(
-        default=64, metadata={"help": "max rows (candidates x prompts) per generate call"}
+        default=64,
+        metadata={"help": "max rows (candidates x prompts) in flight at once (hf engine: per generate call)"},
+    )
+    engine: str = field(
+        default="continuous",
+        metadata={
+            "help": "transformers backend: continuous (finished rows leave the batch, free slots are "
+            "refilled) or hf (one model.generate call per chunk of row_budget rows; the reference)"
+        },
     )
     system_prompt: str | None = field(default=None, metadata={"help": "system message before each prompt"})
     backend: str = field(
@@ -94,6 +103,7 @@ class LLMConfig:
         _choice("space", self.space, SPACES)
         _choice("init", self.init, INITS)
         _choice("backend", self.backend, BACKENDS)
+        _choice("engine", self.engine, ENGINES)
         if self.quantization is not None:
             _choice("quantization", self.quantization, QUANTIZATIONS)
             if self.backend != "vllm":

@@ -7,6 +7,9 @@ task's prompt in the chat template, greedy decoding with the batched engine, the
 The problem is built with the LoRA space (its centre is the initial adapter exactly, with no SVD
 round-off) and, without an adapter, the random init (B = 0: the low-rank term is exactly zero and
 the base weights are untouched), so the numbers are those of the model itself.
+
+`compare` scores two of them (adapter A and adapter B, or the model alone) on the same items and
+pairs the per-item outcomes (`gfo.stats`: Wilson intervals, exact McNemar test).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gfo.checkpoint import atomic_write
 from gfo.errors import GfoError
@@ -25,11 +28,22 @@ from gfo.registry import PROBLEMS
 from gfo_llm.config import LLMConfig
 from gfo_llm.model import resolve_dtype
 
+if TYPE_CHECKING:
+    from gfo_llm.problem import LLMProblem
+
 COMPLETIONS = "completions.jsonl"
 RESULT = "eval.json"
+COMPLETIONS_B = "completions_b.jsonl"  # with --compare: B's records, as completions.jsonl
+PAIRS = "compare.jsonl"  # with --compare: per item, the rewards and correctness of A and B
+BASE = "base"  # --compare base: the model without any adapter
+
+#: (A correct, B correct) -> the item's outcome for A
+OUTCOMES = {(True, True): "both", (False, False): "neither", (True, False): "gained", (False, True): "lost"}
 
 #: progress(done_items, total_items, mean_reward_so_far)
 Progress = Callable[[int, int, float], None]
+#: progress(label, done_items, total_items, mean_reward_so_far); label "A" or "B" with --compare
+LabelledProgress = Callable[[str, int, int, float], None]
 
 
 def adapter_settings(path: str | Path) -> tuple[int, tuple[str, ...] | None]:
@@ -90,6 +104,103 @@ def evaluate(
     chat template, completion, reward, tokens, whether it stopped before the cap, the example) and
     `out/eval.json` (the returned summary).
     """
+    cls = _check(problem_name, limit, chunk_size)
+    summary, records = _evaluate(cls, problem_name, config, adapter, split, limit, chunk_size, progress)
+    if out is not None:
+        write_results(out, summary, records)
+    return summary
+
+
+def compare(
+    problem_name: str,
+    config: LLMConfig,
+    *,
+    adapter: str | Path | None = None,
+    baseline: str | Path = BASE,
+    split: str = "test",
+    limit: int | None = None,
+    out: Path | None = None,
+    chunk_size: int | None = None,
+    progress: LabelledProgress | None = None,
+) -> dict[str, Any]:
+    """Evaluate A (`adapter`, as `evaluate` does) and B (`baseline`) on the same items and pair them.
+
+    `baseline` is a PEFT adapter directory or `BASE` ("base"), the model without any adapter (not
+    `config.init_adapter`). An item counts as correct when its reward is >= 1: the statistics are of
+    exact answers, not of the mean reward. Returns A's `evaluate` summary with a `compare` section:
+    `gfo.stats.paired_summary` of the two (accuracies, Wilson 95% intervals, items gained and lost,
+    exact McNemar p-value) plus `correct_a`, `correct_b`, `adapter_a`, `adapter_b` and B's own
+    summary as `eval_b`. With `out`, also writes `completions_b.jsonl` (B's records) and
+    `compare.jsonl` (per item: index, reward and correctness of both, outcome).
+    `progress(label, done, total, mean_reward)` is called with label "A", then "B".
+    """
+    from gfo.stats import paired_summary
+
+    cls = _check(problem_name, limit, chunk_size)
+    # Both adapters are checked before the first model load, so a typo costs nothing.
+    a_dir = adapter if adapter is not None else config.init_adapter
+    if a_dir is not None:
+        adapter_settings(a_dir)
+    b_dir = baseline_adapter(baseline)
+
+    def labelled(label: str) -> Progress | None:
+        if progress is None:
+            return None
+        return lambda done, total, reward: progress(label, done, total, reward)
+
+    started = time.perf_counter()
+    summary, records = _evaluate(cls, problem_name, config, adapter, split, limit, chunk_size, labelled("A"))
+    base_config = dataclasses.replace(config, init_adapter=None)
+    summary_b, records_b = _evaluate(
+        cls, problem_name, base_config, b_dir, split, limit, chunk_size, labelled("B")
+    )
+    if [(r["prompt"], r["example"]) for r in records] != [(r["prompt"], r["example"]) for r in records_b]:
+        raise RuntimeError("gfo eval --compare scored A and B on different items; please report this")
+    correct_a = [float(r["reward"]) >= 1.0 for r in records]
+    correct_b = [float(r["reward"]) >= 1.0 for r in records_b]
+    summary["compare"] = {
+        "adapter_a": summary["adapter"],
+        "adapter_b": summary_b["adapter"],
+        "correct_when": "reward >= 1",
+        "confidence": 0.95,
+        **paired_summary(correct_a, correct_b),
+        "correct_a": sum(correct_a),
+        "correct_b": sum(correct_b),
+        "eval_b": summary_b,
+        "wall_s": round(time.perf_counter() - started, 3),
+    }
+    if out is not None:
+        pairs = [
+            {
+                "index": r["index"],
+                "reward_a": r["reward"],
+                "reward_b": rb["reward"],
+                "correct_a": a,
+                "correct_b": b,
+                "outcome": OUTCOMES[a, b],
+            }
+            for r, rb, a, b in zip(records, records_b, correct_a, correct_b, strict=True)
+        ]
+        write_results(out, summary, records, extra={COMPLETIONS_B: records_b, PAIRS: pairs})
+    return summary
+
+
+def baseline_adapter(baseline: str | Path) -> str | None:
+    """The adapter directory named by `--compare` (checked), or None for the literal "base"."""
+    if str(baseline) == BASE:
+        return None
+    path = Path(baseline).expanduser()
+    if not path.exists():
+        raise GfoError(
+            f"--compare directory {str(baseline)!r} does not exist; pass a PEFT adapter directory "
+            f"(e.g. RUN/adapter) or {BASE!r} for the model without an adapter"
+        )
+    adapter_settings(path)
+    return str(path.resolve())
+
+
+def _check(problem_name: str, limit: int | None, chunk_size: int | None) -> type[LLMProblem]:
+    """The LLM problem class; the arguments checked before anything is loaded."""
     from gfo_llm.problem import LLMProblem
 
     cls = PROBLEMS.get(problem_name)
@@ -101,6 +212,20 @@ def evaluate(
         raise GfoError(f"--limit must be >= 1; got {limit}, or leave it out to evaluate the whole split")
     if chunk_size is not None and chunk_size < 1:
         raise GfoError(f"chunk_size must be >= 1; got {chunk_size}")
+    return cls
+
+
+def _evaluate(
+    cls: type[LLMProblem],
+    problem_name: str,
+    config: LLMConfig,
+    adapter: str | Path | None,
+    split: str,
+    limit: int | None,
+    chunk_size: int | None,
+    progress: Progress | None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The summary of `evaluate` and the per-item records, nothing written."""
     adapter = adapter if adapter is not None else config.init_adapter
     adapter = str(Path(adapter).expanduser().resolve()) if adapter is not None else None
     config = eval_config(config, adapter)
@@ -147,17 +272,28 @@ def evaluate(
         "load_s": round(load_s, 3),
         "wall_s": round(time.perf_counter() - started, 3),
     }
-    if out is not None:
-        write_results(out, summary, records)
-    return summary
+    return summary, records
 
 
-def write_results(out: Path, summary: dict[str, Any], records: list[dict[str, Any]]) -> None:
-    """`out/completions.jsonl` and `out/eval.json`, each written atomically."""
+def write_results(
+    out: Path,
+    summary: dict[str, Any],
+    records: list[dict[str, Any]],
+    extra: dict[str, list[dict[str, Any]]] | None = None,
+) -> None:
+    """`out/completions.jsonl`, the `extra` JSON-lines files and `out/eval.json`, each atomically.
+
+    Comparison files a previous `--compare` left in `out` and this call does not rewrite are
+    removed, so the folder never pairs this evaluation with another one's B.
+    """
+    extra = extra or {}
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise GfoError(f"cannot create {out}: {exc.strerror}; pick another --out") from None
-    lines = "".join(json.dumps(r, default=str) + "\n" for r in records)
-    atomic_write(out / COMPLETIONS, lines.encode())
+    for name, rows in {COMPLETIONS: records, **extra}.items():
+        atomic_write(out / name, "".join(json.dumps(r, default=str) + "\n" for r in rows).encode())
+    for name in (COMPLETIONS_B, PAIRS):
+        if name not in extra:
+            (out / name).unlink(missing_ok=True)
     atomic_write(out / RESULT, (json.dumps(summary, indent=2) + "\n").encode())

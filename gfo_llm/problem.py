@@ -88,7 +88,9 @@ class LLMProblem(Problem):
             # vLLM loads the ORIGINAL weights from the model directory; candidates go as PEFT adapters.
             self.engine: Any = vllm_generator(self)
         else:
-            self.engine = PopulationGenerator(self.model, self.tokenizer, self.space, row_budget=c.row_budget)
+            self.engine = PopulationGenerator(
+                self.model, self.tokenizer, self.space, row_budget=c.row_budget, engine=c.engine
+            )
         self.train = self.task.examples("train")
         self.heldout = list(self.task.examples(c.eval_split))[: c.eval_limit]
         if not self.train:
@@ -130,7 +132,7 @@ class LLMProblem(Problem):
         self.prepare()
         batch = self.minibatch(context)
         prompts = self.prompts(batch)
-        result = self.engine.generate(population, prompts, self.config.max_new_tokens)
+        result = self.engine.generate(population, prompts, self.config.max_new_tokens, self.task.stop)
         rewards = torch.tensor(
             [self.task.reward(result.completions[c], batch) for c in range(len(population))],
             dtype=torch.float64,
@@ -175,7 +177,7 @@ class LLMProblem(Problem):
         """Mean reward of each solution on `examples`, and per-item records of the first solution."""
         self.prepare()
         prompts = self.prompts(examples)
-        result = self.engine.generate(solutions, prompts, self.config.max_new_tokens)
+        result = self.engine.generate(solutions, prompts, self.config.max_new_tokens, self.task.stop)
         rewards = [self.task.reward(result.completions[c], examples) for c in range(len(solutions))]
         records = [
             {"prompt": p, "completion": text, "reward": r, "tokens": n, "finished": done}

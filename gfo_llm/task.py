@@ -22,6 +22,9 @@ class Task(ABC):
     name: ClassVar[str]
     Config: ClassVar[type[LLMConfig]] = LLMConfig
     splits: ClassVar[tuple[str, ...]] = ("train", "test")
+    #: Regular expressions on a completion's text: generation stops at the shortest prefix that
+    #: matches one (e.g. a finished answer line), saving the tokens a reward never reads.
+    stop: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: LLMConfig) -> None:
         self.config = config

@@ -20,7 +20,7 @@ import shutil
 import tempfile
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from torch import Tensor
 
 from gfo.errors import GfoError
 from gfo_llm.batched import GenerationResult
+from gfo_llm.decode import stop_length, stop_matcher
 from gfo_llm.spaces import LoRAWeights, Space
 
 INSTALL_HINT = (
@@ -117,8 +118,14 @@ class VLLMGenerator:
         self._root = adapter_root()
         self._cleanup = weakref.finalize(self, shutil.rmtree, str(self._root), True)
 
-    def generate(self, vectors: Tensor, prompts: Sequence[str], max_new_tokens: int) -> GenerationResult:
-        """Greedy completions of every candidate (rows of `vectors`) on every (chat-templated) prompt."""
+    def generate(
+        self, vectors: Tensor, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = ()
+    ) -> GenerationResult:
+        """Greedy completions of every candidate (rows of `vectors`) on every (chat-templated) prompt.
+
+        `stop` patterns cut each row at its shortest matching prefix after generation, as the
+        transformers backend stops it (vLLM's own `stop` takes strings, not regular expressions).
+        """
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
         from vllm.lora.request import LoRARequest
@@ -154,16 +161,16 @@ class VLLMGenerator:
             self._drop(adapters)
         rows = [list(out.outputs[0].token_ids) for out in outputs]
         texts, counts, finished = result_from_token_rows(
-            self.tokenizer, rows, len(adapters), len(ids), self.eos_ids
+            self.tokenizer, rows, len(adapters), len(ids), self.eos_ids, stop_matcher(stop, self.tokenizer)
         )
         return GenerationResult(texts, counts, finished, time.perf_counter() - start)
 
     def generate_one(
-        self, vector: Tensor | None, prompts: Sequence[str], max_new_tokens: int
+        self, vector: Tensor | None, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = ()
     ) -> GenerationResult:
         """One candidate (None: the space's centre, i.e. the initial adapter) on many prompts."""
         center = self.space.center() if vector is None else torch.as_tensor(vector)
-        return self.generate(center.reshape(1, -1), prompts, max_new_tokens)
+        return self.generate(center.reshape(1, -1), prompts, max_new_tokens, stop)
 
     def close(self) -> None:
         """Stop the engine and delete the adapter folder."""
@@ -220,7 +227,12 @@ class VLLMGenerator:
 
 
 def result_from_token_rows(
-    tokenizer: Any, rows: list[list[int]], candidates: int, n_prompts: int, eos_ids: Sequence[int]
+    tokenizer: Any,
+    rows: list[list[int]],
+    candidates: int,
+    n_prompts: int,
+    eos_ids: Sequence[int],
+    stop: Callable[[list[int]], bool] | None = None,
 ) -> tuple[list[list[str]], list[list[int]], list[list[bool]]]:
     """Split generated token rows (candidate-major) into the `GenerationResult` lists.
 
@@ -233,6 +245,11 @@ def result_from_token_rows(
     stops = set(eos_ids)
     counts = [next((k + 1 for k, token in enumerate(row) if token in stops), len(row)) for row in rows]
     finished = [count > 0 and row[count - 1] in stops for row, count in zip(rows, counts, strict=True)]
+    if stop is not None:
+        for i, row in enumerate(rows):
+            n = stop_length(row[: counts[i]], stop)
+            if n is not None:
+                counts[i], finished[i] = n, True
     texts = list(
         tokenizer.batch_decode(
             [row[:count] for row, count in zip(rows, counts, strict=True)], skip_special_tokens=True

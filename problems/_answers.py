@@ -29,6 +29,9 @@ _NUMBER = (
 )
 _NUMBER_RE = re.compile(r"(?<![0-9.])" + _NUMBER)
 _STRICT_RE = re.compile(r"####[ \t]*" + _NUMBER)
+#: A finished strict answer line ("#### 42" and its newline): the strict filter reads nothing after
+#: it, so a task whose prompt asks for that line can stop generating there (`Task.stop`).
+ANSWER_LINE = r"####[ \t]*[-−$]?[0-9][^\n]*\n"
 _STATED_RE = re.compile(r"answer(?:[ \t]+is|[ \t]*:)[ \t:]*\**[ \t]*" + _NUMBER, re.IGNORECASE)
 
 

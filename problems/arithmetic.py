@@ -14,7 +14,7 @@ from typing import Any, ClassVar, NamedTuple
 from gfo.errors import ConfigError, GfoError
 from gfo_llm.config import LLMConfig
 from gfo_llm.task import Example, Task
-from problems._answers import evaluate_expression, numeric_rewards
+from problems._answers import ANSWER_LINE, evaluate_expression, numeric_rewards
 from problems._generated import GeneratedConfig
 
 PROMPT = 'Compute {expression}. Give the final answer on its own last line, in the form "#### <number>".'
@@ -59,6 +59,7 @@ class Arithmetic(Task):
 
     name: ClassVar[str] = "arithmetic"
     Config: ClassVar[type[LLMConfig]] = ArithmeticConfig
+    stop: ClassVar[tuple[str, ...]] = (ANSWER_LINE,)
     config: ArithmeticConfig
 
     def __init__(self, config: LLMConfig) -> None:

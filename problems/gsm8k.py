@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 from gfo.errors import ConfigError, GfoError
 from gfo_llm.config import LLMConfig
 from gfo_llm.task import Example, Task
-from problems._answers import numeric_rewards
+from problems._answers import ANSWER_LINE, numeric_rewards
 
 PROMPT = (
     "Solve the following math problem. Reason step by step, then give the final answer as a number "
@@ -50,6 +50,7 @@ class GSM8K(Task):
 
     name: ClassVar[str] = "gsm8k"
     Config: ClassVar[type[LLMConfig]] = GSM8KConfig
+    stop: ClassVar[tuple[str, ...]] = (ANSWER_LINE,)
     config: GSM8KConfig
 
     def __init__(self, config: LLMConfig) -> None:

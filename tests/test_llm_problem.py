@@ -182,9 +182,9 @@ def test_candidates_share_prompts_and_generations_differ(
     calls: list[tuple[int, list[str]]] = []
     generate = problem.engine.generate
 
-    def spy(vectors: torch.Tensor, prompts: Sequence[str], max_new_tokens: int) -> Any:
+    def spy(vectors: torch.Tensor, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str]) -> Any:
         calls.append((len(vectors), list(prompts)))
-        return generate(vectors, prompts, max_new_tokens)
+        return generate(vectors, prompts, max_new_tokens, stop)
 
     monkeypatch.setattr(problem.engine, "generate", spy)
     population = problem.initial_center().repeat(4, 1)
