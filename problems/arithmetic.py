@@ -91,7 +91,13 @@ class Arithmetic(Task):
         return numeric_rewards(completions, targets, self.config.format_bonus)
 
     def reference(self, example: Example) -> str:
-        return f"{example['expression']} = {example['target']}\n#### {example['target']}"
+        """A worked answer for `gfo sft`: one line per operation, left to right, then `#### N`.
+
+        A small model computes a 3-term sum more reliably one step at a time (chain of thought)
+        than in one jump; with `*` or parentheses (levels 2, 3) the reference is a single line.
+        """
+        steps = _steps(example["expression"])
+        return "\n".join([*steps, f"#### {example['target']}"])
 
 
 def __getattr__(name: str) -> Any:
@@ -105,6 +111,24 @@ def __getattr__(name: str) -> Any:
         problem = globals()["Problem"] = LLMProblem.for_task(Arithmetic)
         return problem
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _steps(expression: str) -> list[str]:
+    """ "12 + 7 - 3" -> ["12 + 7 = 19", "19 - 3 = 16"]; one line for anything but + and - of integers."""
+    tokens = expression.split()
+    if (
+        len(tokens) < 3
+        or any(op not in "+-" for op in tokens[1::2])
+        or not all(t.isdigit() for t in tokens[::2])
+    ):
+        result = evaluate_expression(expression)
+        return [f"{expression} = {int(result[0]) if result else '?'}"]
+    total, lines = int(tokens[0]), []
+    for op, term in zip(tokens[1::2], tokens[2::2], strict=True):
+        new = total + int(term) if op == "+" else total - int(term)
+        lines.append(f"{total} {op} {term} = {new}")
+        total = new
+    return lines
 
 
 def _expression(level: Level, rng: random.Random) -> str:

@@ -295,7 +295,15 @@ def test_arithmetic_level1_items() -> None:
         assert row["target"] == _signed_sum(row["expression"])
     assert task.reward([task.reference(row) for row in train], train) == [1.0] * 300
     first = train[0]
-    assert task.reference(first) == f"{first['expression']} = {first['target']}\n#### {first['target']}"
+    # A worked reference: one line per operation, left to right ("69 + 27 = 96", "96 + 57 = 153").
+    assert (
+        task.reference({"expression": "69 + 27 + 57", "target": 153})
+        == "69 + 27 = 96\n96 + 57 = 153\n#### 153"
+    )
+    assert (
+        task.reference({"expression": "17 - 10 - 70", "target": -63}) == "17 - 10 = 7\n7 - 70 = -63\n#### -63"
+    )
+    assert task.reference({"expression": "3 * (4 + 1)", "target": 15}) == "3 * (4 + 1) = 15\n#### 15"
     assert "#### <number>" in task.prompt(first) and first["expression"] in task.prompt(first)
 
 
