@@ -243,6 +243,10 @@ def eval_(
     adapter: Annotated[
         Path | None, typer.Option(help="PEFT adapter directory (default: problem.init_adapter, else none)")
     ] = None,
+    compare: Annotated[
+        str | None,
+        typer.Option(help="also score B on the same items and pair them: a PEFT adapter directory, or base"),
+    ] = None,
     split: Annotated[str, typer.Option(help="split to evaluate (train or test)")] = "test",
     limit: Annotated[int | None, typer.Option(help="evaluate the split's first N items")] = None,
     out: Annotated[Path | None, typer.Option(help="folder (default runs/eval-<problem>-<split>)")] = None,
@@ -254,29 +258,66 @@ def eval_(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from gfo_llm.evaluate import evaluate
+    from gfo_llm import evaluate as ev
 
     name, settings = _problem_settings(problem, config, list(set_ or []))
     out = out or Path("runs") / f"eval-{name}-{split}"
     console = Console(stderr=True)
     bar = Progress(
-        TextColumn("eval"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(), console=console, disable=quiet, transient=True,
+        TextColumn("{task.description}"), MofNCompleteColumn(), BarColumn(),
+        TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
+        console=console, disable=quiet, transient=True,
     )  # fmt: skip
     task = bar.add_task("eval", total=None, status="loading the model...")
 
-    def update(done: int, total: int, accuracy: float) -> None:
-        bar.update(task, completed=done, total=total, status=f"accuracy {accuracy:.3f}")
+    def update(label: str, done: int, total: int, reward: float) -> None:
+        title = f"eval {label}".strip()
+        bar.update(task, description=title, completed=done, total=total, status=f"accuracy {reward:.3f}")
         if not quiet and not console.is_terminal:  # logs get a line per chunk instead of a bar
-            console.print(f"eval {done}/{total}: accuracy {accuracy:.3f}")
+            console.print(f"{title} {done}/{total}: accuracy {reward:.3f}")
 
     with bar:
-        result = evaluate(name, settings, adapter=adapter, split=split, limit=limit, out=out, progress=update)  # type: ignore[arg-type]
+        if compare is None:
+            result = ev.evaluate(
+                name, settings, adapter=adapter, split=split, limit=limit, out=out,  # type: ignore[arg-type]
+                progress=lambda done, total, reward: update("", done, total, reward),
+            )  # fmt: skip
+        else:
+            result = ev.compare(
+                name, settings, adapter=adapter, baseline=compare, split=split, limit=limit, out=out,  # type: ignore[arg-type]
+                progress=update,
+            )  # fmt: skip
+    if compare is not None:
+        for line in _compare_table(result, name, split):
+            console.print(line, soft_wrap=True, highlight=False)
+        console.print(f"results in {out}/", soft_wrap=True)
+        return
     console.print(
         f"accuracy {result['accuracy']:.4f} ({result['correct']}/{result['items']} correct) on {name} "
         f"{split}, {result['generated_tokens']} tokens in {result['wall_s']:.1f} s; results in {out}/",
         soft_wrap=True,
     )
+
+
+def _compare_table(result: dict, name: str, split: str) -> list[str]:
+    """The lines `gfo eval --compare` prints: accuracy and interval of A and B, the paired test."""
+    c, n = result["compare"], result["compare"]["n"]
+    rows = [
+        f"paired comparison on {name} {split}, {n} items (correct: reward >= 1)",
+        "     accuracy  95% Wilson interval  correct    adapter",
+    ]
+    for side in ("a", "b"):
+        low, high = c[f"ci_{side}"]
+        correct = f"{c['correct_' + side]}/{n}"
+        who = c[f"adapter_{side}"] or "base (no adapter)"
+        rows.append(
+            f"  {side.upper()}  {c['acc_' + side]:.4f}    [{low:.4f}, {high:.4f}]     {correct:<10} {who}"
+        )
+    rows.append(
+        f"gained {c['gained']} (B wrong, A right), lost {c['lost']} (A wrong, B right); "
+        f"A - B = {c['acc_a'] - c['acc_b']:+.4f}, exact McNemar p = {c['p_value']:.4g}"
+    )
+    return rows
 
 
 @app.command()

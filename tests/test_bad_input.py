@@ -297,6 +297,13 @@ CASES = [
         "error: adapter directory 'noadapter' does not exist; pass a PEFT adapter directory",
         llm=True,
     ),
+    Case(
+        "--compare folder that does not exist",
+        "eval --problem arithmetic --set problem.model=tiny --compare noadapter",
+        "error: --compare directory 'noadapter' does not exist; pass a PEFT adapter directory "
+        "(e.g. RUN/adapter) or 'base' for the model without an adapter",
+        llm=True,
+    ),
 ]
 
 

@@ -19,11 +19,13 @@ import torch
 
 from gfo.cli import main
 from gfo.registry import PROBLEMS
+from gfo.stats import mcnemar_exact, wilson_interval
 from gfo_llm.evaluate import adapter_settings, evaluate
 from gfo_llm.problem import LLMProblem
 from problems.arithmetic import Arithmetic, ArithmeticConfig
 
 TEXT_PROBLEM = "test-eval-text-reward"
+PARITY_PROBLEM = "test-eval-parity-reward"
 TINY = ("problem.dtype=fp32", "problem.max_new_tokens=8")
 
 
@@ -36,10 +38,20 @@ class TextTask(Arithmetic):
         return [sum(map(ord, text)) % 101 / 100 for text in completions]
 
 
+class ParityTask(TextTask):
+    """TextTask's prompts with an all-or-nothing reward, so that about half the items count as right."""
+
+    name: ClassVar[str] = "parity-reward"
+
+    def reward(self, completions: Sequence[str], examples: Sequence[Any]) -> list[float]:
+        return [float(sum(map(ord, text)) % 2 == 0) for text in completions]
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _setup() -> Iterator[None]:
-    if TEXT_PROBLEM not in PROBLEMS.names():
-        PROBLEMS.register(TEXT_PROBLEM, LLMProblem.for_task(TextTask))
+    for name, task in ((TEXT_PROBLEM, TextTask), (PARITY_PROBLEM, ParityTask)):
+        if name not in PROBLEMS.names():
+            PROBLEMS.register(name, LLMProblem.for_task(task))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the tiny model is faster on one thread, far faster on a busy machine
     yield
@@ -198,6 +210,83 @@ def test_eval_refuses_bad_input(tmp_path: Path) -> None:
         evaluate("arithmetic", ArithmeticConfig(), limit=0)
 
 
+def test_compare_pairs_the_adapter_with_the_base_model_item_by_item(
+    run_and_evals: dict[str, Path], tmp_path: Path
+) -> None:
+    """`gfo eval --adapter RUN/adapter --compare base`: both scored on the same items, and the printed
+    table, eval.json and compare.jsonl agree with each other and with the two plain evaluations."""
+    out = tmp_path / "compare"
+    code, err = gfo(
+        "eval", "--config", str(run_and_evals["run"] / "config.toml"), "--problem", PARITY_PROBLEM,
+        "--adapter", str(run_and_evals["run"] / "adapter"), "--compare", "base", "--limit", "4",
+        "--out", str(out), "--quiet",
+    )  # fmt: skip
+    assert code == 0, err
+    result = json.loads((out / "eval.json").read_text())
+    c = result["compare"]
+    assert result["items"] == c["n"] == 4 and result["problem"] == PARITY_PROBLEM  # the existing keys stay
+    assert c["adapter_a"] == str((run_and_evals["run"] / "adapter").resolve()) and c["adapter_b"] is None
+    # The same items and the same completions as the two plain evaluations: only the reward differs.
+    records_a, records_b = read_jsonl(out / "completions.jsonl"), read_jsonl(out / "completions_b.jsonl")
+    for mine, plain in ((records_a, "adapter"), (records_b, "base")):
+        reference = read_jsonl(run_and_evals[plain] / "completions.jsonl")
+        assert [(r["prompt"], r["completion"]) for r in mine] == [
+            (r["prompt"], r["completion"]) for r in reference
+        ]
+    pairs = read_jsonl(out / "compare.jsonl")
+    assert [p["index"] for p in pairs] == [0, 1, 2, 3]
+    parity = ParityTask(ArithmeticConfig())
+    for side, records in (("a", records_a), ("b", records_b)):
+        rewards = parity.reward([r["completion"] for r in records], [r["example"] for r in records])
+        assert [p[f"reward_{side}"] for p in pairs] == rewards
+        assert [p[f"correct_{side}"] for p in pairs] == [r >= 1 for r in rewards]
+        assert c[f"correct_{side}"] == sum(r >= 1 for r in rewards)
+    # The figures are consistent with each other and with gfo.stats.
+    gained = sum(p["outcome"] == "gained" for p in pairs)
+    lost = sum(p["outcome"] == "lost" for p in pairs)
+    assert (c["gained"], c["lost"]) == (gained, lost) and gained + lost > 0  # the adapter changed answers
+    assert c["acc_a"] - c["acc_b"] == pytest.approx((c["gained"] - c["lost"]) / c["n"], abs=1e-12)
+    assert c["acc_a"] == c["correct_a"] / 4 and c["acc_b"] == c["correct_b"] / 4
+    assert c["ci_a"] == list(wilson_interval(c["correct_a"], 4))
+    assert c["p_value"] == mcnemar_exact(gained, lost)
+    assert c["eval_b"]["adapter"] is None and c["eval_b"]["items"] == 4
+    # What the user reads: the same numbers.
+    lines = err.strip().splitlines()
+    assert lines[0] == f"paired comparison on {PARITY_PROBLEM} test, 4 items (correct: reward >= 1)"
+    row_a = f"  A  {c['acc_a']:.4f}    [{c['ci_a'][0]:.4f}, {c['ci_a'][1]:.4f}]     {c['correct_a']}/4"
+    assert lines[2].startswith(row_a) and lines[2].endswith(c["adapter_a"])
+    row_b = f"  B  {c['acc_b']:.4f}    [{c['ci_b'][0]:.4f}, {c['ci_b'][1]:.4f}]     {c['correct_b']}/4"
+    assert lines[3].startswith(row_b) and lines[3].endswith("base (no adapter)")
+    assert lines[4] == (
+        f"gained {gained} (B wrong, A right), lost {lost} (A wrong, B right); "
+        f"A - B = {c['acc_a'] - c['acc_b']:+.4f}, exact McNemar p = {c['p_value']:.4g}"
+    )
+
+    # A plain evaluation into the same folder drops the comparison files it does not rewrite.
+    code, err = gfo(
+        "eval", "--config", str(run_and_evals["run"] / "config.toml"), "--problem", PARITY_PROBLEM,
+        "--limit", "1", "--out", str(out), "--quiet",
+    )  # fmt: skip
+    assert code == 0, err
+    assert not (out / "compare.jsonl").exists() and not (out / "completions_b.jsonl").exists()
+    assert "compare" not in json.loads((out / "eval.json").read_text())
+
+
+def test_compare_refuses_a_missing_adapter_before_loading(tiny_model_dir: Path, tmp_path: Path) -> None:
+    missing, out = tmp_path / "nowhere", tmp_path / "out"
+    tiny = ("--problem", "arithmetic", "--set", f"problem.model={tiny_model_dir}", "--out", str(out))
+    code, err = gfo("eval", *tiny, "--compare", str(missing))
+    assert code == 2 and err.strip().splitlines() == [
+        f"error: --compare directory {str(missing)!r} does not exist; pass a PEFT adapter directory "
+        "(e.g. RUN/adapter) or 'base' for the model without an adapter"
+    ]
+    code, err = gfo("eval", *tiny, "--compare", str(tmp_path))
+    assert code == 2 and "has no adapter_config.json" in err
+    code, err = gfo("eval", *tiny, "--adapter", str(missing), "--compare", "base")  # A is checked too
+    assert code == 2 and "has no adapter_config.json" in err
+    assert not out.exists()
+
+
 # ------------------------------------------------------------------ sft
 
 
@@ -210,10 +299,7 @@ def test_sft_prompts_are_the_search_prompts(tiny_model_dir: Path) -> None:
     prompts, completions = training_pairs(task_for("arithmetic", config), problem.tokenizer, config, limit=3)
     examples = list(problem.task.examples("train"))[:3]
     assert prompts == problem.prompts(examples)
-    assert (
-        completions[0]
-        == f"{examples[0]['expression']} = {examples[0]['target']}\n#### {examples[0]['target']}<|im_end|>"
-    )
+    assert completions[0] == problem.task.reference(examples[0]) + "<|im_end|>"
 
 
 def test_sft_adapter_warm_starts_a_run(tiny_model_dir: Path, tmp_path: Path) -> None:
