@@ -249,6 +249,9 @@ def eval_(
     ] = None,
     split: Annotated[str, typer.Option(help="split to evaluate (train or test)")] = "test",
     limit: Annotated[int | None, typer.Option(help="evaluate the split's first N items")] = None,
+    offset: Annotated[
+        int, typer.Option(help="skip the split's first K items (e.g. those a run's held-out used)")
+    ] = 0,
     out: Annotated[Path | None, typer.Option(help="folder (default runs/eval-<problem>-<split>)")] = None,
     config: ProblemConfigOpt = None,
     set_: ProblemSetOpt = None,
@@ -279,13 +282,13 @@ def eval_(
     with bar:
         if compare is None:
             result = ev.evaluate(
-                name, settings, adapter=adapter, split=split, limit=limit, out=out,  # type: ignore[arg-type]
-                progress=lambda done, total, reward: update("", done, total, reward),
+                name, settings, adapter=adapter, split=split, limit=limit,  # type: ignore[arg-type]
+                offset=offset, out=out, progress=lambda done, total, reward: update("", done, total, reward),
             )  # fmt: skip
         else:
             result = ev.compare(
-                name, settings, adapter=adapter, baseline=compare, split=split, limit=limit, out=out,  # type: ignore[arg-type]
-                progress=update,
+                name, settings, adapter=adapter, baseline=compare, split=split,  # type: ignore[arg-type]
+                limit=limit, offset=offset, out=out, progress=update,
             )  # fmt: skip
     if compare is not None:
         for line in _compare_table(result, name, split):

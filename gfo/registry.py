@@ -88,5 +88,6 @@ PROBLEMS = Registry(
         "gsm8k": "problems.gsm8k:Problem",
         "arithmetic": "problems.arithmetic:Problem",
         "countdown": "problems.countdown:Problem",
+        "instruct": "problems.instruct:Problem",
     },
 )

@@ -92,20 +92,24 @@ def evaluate(
     adapter: str | Path | None = None,
     split: str = "test",
     limit: int | None = None,
+    offset: int = 0,
     out: Path | None = None,
     chunk_size: int | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Greedy accuracy (mean reward) of the model, or model + `adapter`, on a split of a task.
 
-    `adapter` defaults to `config.init_adapter`; `limit` keeps the split's first items. Items are
-    generated `chunk_size` at a time (default `config.row_budget`, one generate call each). With
+    `adapter` defaults to `config.init_adapter`; `limit` keeps the split's first items after the
+    first `offset` (fresh items past those a search's held-out evaluation used). Items are
+    generated `chunk_size` at a time (default 4 x `config.row_budget`, 1 x for the hf engine). With
     `out`, writes `out/completions.jsonl` (one record per item: the exact prompt text after the
     chat template, completion, reward, tokens, whether it stopped before the cap, the example) and
     `out/eval.json` (the returned summary).
     """
-    cls = _check(problem_name, limit, chunk_size)
-    summary, records = _evaluate(cls, problem_name, config, adapter, split, limit, chunk_size, progress)
+    cls = _check(problem_name, limit, chunk_size, offset)
+    summary, records = _evaluate(
+        cls, problem_name, config, adapter, split, limit, chunk_size, progress, offset
+    )
     if out is not None:
         write_results(out, summary, records)
     return summary
@@ -119,6 +123,7 @@ def compare(
     baseline: str | Path = BASE,
     split: str = "test",
     limit: int | None = None,
+    offset: int = 0,
     out: Path | None = None,
     chunk_size: int | None = None,
     progress: LabelledProgress | None = None,
@@ -136,7 +141,7 @@ def compare(
     """
     from gfo.stats import paired_summary
 
-    cls = _check(problem_name, limit, chunk_size)
+    cls = _check(problem_name, limit, chunk_size, offset)
     # Both adapters are checked before the first model load, so a typo costs nothing.
     a_dir = adapter if adapter is not None else config.init_adapter
     if a_dir is not None:
@@ -149,10 +154,12 @@ def compare(
         return lambda done, total, reward: progress(label, done, total, reward)
 
     started = time.perf_counter()
-    summary, records = _evaluate(cls, problem_name, config, adapter, split, limit, chunk_size, labelled("A"))
+    summary, records = _evaluate(
+        cls, problem_name, config, adapter, split, limit, chunk_size, labelled("A"), offset
+    )
     base_config = dataclasses.replace(config, init_adapter=None)
     summary_b, records_b = _evaluate(
-        cls, problem_name, base_config, b_dir, split, limit, chunk_size, labelled("B")
+        cls, problem_name, base_config, b_dir, split, limit, chunk_size, labelled("B"), offset
     )
     if [(r["prompt"], r["example"]) for r in records] != [(r["prompt"], r["example"]) for r in records_b]:
         raise RuntimeError("gfo eval --compare scored A and B on different items; please report this")
@@ -199,7 +206,7 @@ def baseline_adapter(baseline: str | Path) -> str | None:
     return str(path.resolve())
 
 
-def _check(problem_name: str, limit: int | None, chunk_size: int | None) -> type[LLMProblem]:
+def _check(problem_name: str, limit: int | None, chunk_size: int | None, offset: int = 0) -> type[LLMProblem]:
     """The LLM problem class; the arguments checked before anything is loaded."""
     from gfo_llm.problem import LLMProblem
 
@@ -212,6 +219,8 @@ def _check(problem_name: str, limit: int | None, chunk_size: int | None) -> type
         raise GfoError(f"--limit must be >= 1; got {limit}, or leave it out to evaluate the whole split")
     if chunk_size is not None and chunk_size < 1:
         raise GfoError(f"chunk_size must be >= 1; got {chunk_size}")
+    if offset < 0:
+        raise GfoError(f"--offset must be >= 0; got {offset}, use 0 to start at the split's first item")
     return cls
 
 
@@ -224,6 +233,7 @@ def _evaluate(
     limit: int | None,
     chunk_size: int | None,
     progress: Progress | None,
+    offset: int = 0,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The summary of `evaluate` and the per-item records, nothing written."""
     adapter = adapter if adapter is not None else config.init_adapter
@@ -234,19 +244,23 @@ def _evaluate(
     problem = cls(config)
     problem.prepare()
     load_s = time.perf_counter() - started
-    examples = list(problem.task.examples(split))[:limit]
+    examples = list(problem.task.examples(split))[offset:][:limit]
     if not examples:
-        raise GfoError(f"{problem.task.name} split {split!r} is empty; pick another --split")
+        raise GfoError(
+            f"{problem.task.name} split {split!r} has no items after --offset {offset}; "
+            "pick another --split or a smaller --offset"
+        )
     center = problem.initial_center()[None]
-    chunk = chunk_size or config.row_budget
+    # The continuous engine refills freed rows from its queue: bigger chunks keep its batch full.
+    chunk = chunk_size or config.row_budget * (4 if config.engine == "continuous" else 1)
     records: list[dict[str, Any]] = []
     rewards = 0.0
     generate_started = time.perf_counter()
     for start in range(0, len(examples), chunk):
         part = examples[start : start + chunk]
         _, items = problem.score(center, part)
-        for offset, (item, example) in enumerate(zip(items, part, strict=True)):
-            records.append({"index": start + offset, **item, "example": dict(example)})
+        for i, (item, example) in enumerate(zip(items, part, strict=True)):
+            records.append({"index": offset + start + i, **item, "example": dict(example)})
             rewards += float(item["reward"])
         if progress is not None:
             progress(len(records), len(examples), rewards / len(records))
@@ -257,6 +271,7 @@ def _evaluate(
         "problem": problem_name,
         "task": problem.task.name,
         "split": split,
+        "offset": offset,
         "items": len(records),
         "accuracy": rewards / len(records),
         "correct": sum(1 for r in records if r["reward"] >= 1.0),

@@ -1,4 +1,4 @@
-"""Settings shared by tasks whose items are generated from a seed (arithmetic, countdown)."""
+"""Settings shared by tasks whose items are generated from a seed (arithmetic, countdown, instruct)."""
 
 from __future__ import annotations
 

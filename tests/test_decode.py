@@ -161,3 +161,23 @@ def test_stop_length_and_matcher(tiny_lm: tuple[Any, Any]) -> None:
     assert n is not None
     assert tokenizer.decode(ids[:n]).endswith("#### 7\n")
     assert stop_length(ids[: n - 1], matcher) is None
+
+
+def test_throughput_benchmark_on_the_tiny_model(tiny_model_dir: Any) -> None:
+    """benchmarks/population_throughput.py end to end: every method, the ratios, outputs equal."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "population_throughput.py"
+    spec = importlib.util.spec_from_file_location("population_throughput", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    argv = ["--model", str(tiny_model_dir), "--popsize", "3", "--prompts", "4", "--max-new-tokens", "6"]
+    results = bench.main([*argv, "--row-budget", "5", "--repeats", "1", "--no-rss", "--dtype", "fp32"])
+    assert set(results["methods"]) == {"engine", "hf_generate", "base", "peft_mixed"}
+    assert results["outputs_match"] is True and results["rows_matching_hf_generate"] == "12/12"
+    for key in ("engine_over_hf_generate", "engine_over_base", "ceiling_fraction", "ceiling_tokens_per_s"):
+        assert results[key] > 0
+    engine = results["methods"]["engine"]
+    assert engine["rows"] == 12 and engine["forward_tokens_per_s"] > engine["tokens_per_s"]

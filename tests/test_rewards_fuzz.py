@@ -21,6 +21,7 @@ from problems._answers import MAX_COMPLETION_CHARS, evaluate_expression, extract
 from problems.arithmetic import Arithmetic, ArithmeticConfig
 from problems.countdown import Countdown, CountdownConfig, extract_expression
 from problems.gsm8k import GSM8K, GSM8KConfig
+from problems.instruct import Instruct, InstructConfig
 
 EXAMPLES = int(os.environ.get("GFO_FUZZ_EXAMPLES", "200"))
 BONUS = 0.1
@@ -97,15 +98,26 @@ adversarial = st.one_of(
 completions = st.one_of(st.text(max_size=2_000), adversarial, st.tuples(st.text(), adversarial).map("".join))
 
 
+TASK_IDS = ["gsm8k", "arithmetic", "countdown", "instruct"]
+
+
 def _tasks() -> list[tuple[Task, dict[str, Any]]]:
     return [
         (GSM8K(GSM8KConfig(format_bonus=BONUS)), {"question": "q", "answer": "#### 7", "target": "7"}),
         (Arithmetic(ArithmeticConfig(format_bonus=BONUS)), {"expression": "3 + 4", "target": 7}),
         (Countdown(CountdownConfig(format_bonus=BONUS)), {"numbers": [1, 2, 4], "target": 7}),
+        (
+            Instruct(InstructConfig()),  # no format bonus: rewards lie in [0, 1]
+            {
+                "topic": "a rainy day",
+                "instruction_id_list": ["detectable_format:json_format", "keywords:existence"],
+                "kwargs": [{}, {"keywords": ["answer"]}],
+            },
+        ),
     ]
 
 
-@pytest.mark.parametrize(("task", "example"), _tasks(), ids=["gsm8k", "arithmetic", "countdown"])
+@pytest.mark.parametrize(("task", "example"), _tasks(), ids=TASK_IDS)
 @FUZZ
 @given(text=completions)
 def test_reward_is_total_bounded_and_fast(task: Task, example: dict[str, Any], text: str) -> None:
@@ -159,7 +171,7 @@ def test_evaluate_expression_matches_exact_arithmetic(numbers: list[int], ops: l
         assert "/ 0" in text or len(text) > 200
 
 
-@pytest.mark.parametrize(("task", "example"), _tasks(), ids=["gsm8k", "arithmetic", "countdown"])
+@pytest.mark.parametrize(("task", "example"), _tasks(), ids=TASK_IDS)
 @pytest.mark.parametrize("length", [MAX_COMPLETION_CHARS, 1_000_000])
 def test_every_unit_repeated_to_length(task: Task, example: dict[str, Any], length: int) -> None:
     """Deterministic worst cases: each unit repeated up to the cap (read in full) and to 1 MB (not read)."""

@@ -19,6 +19,7 @@ from problems._answers import MAX_COMPLETION_CHARS, evaluate_expression, extract
 from problems.arithmetic import Arithmetic, ArithmeticConfig
 from problems.countdown import Countdown, CountdownConfig, extract_expression
 from problems.gsm8k import GSM8K, GSM8KConfig
+from problems.instruct import Instruct
 
 DATA = Path("/work/shared/data")
 needs_gsm8k = pytest.mark.skipif(
@@ -425,7 +426,7 @@ def test_config_errors_name_field_value_and_fix(make: Any, message: str) -> None
         make()
 
 
-@pytest.mark.parametrize("task_class", [GSM8K, Arithmetic, Countdown])
+@pytest.mark.parametrize("task_class", [GSM8K, Arithmetic, Countdown, Instruct])
 def test_task_needs_its_own_config(task_class: Any) -> None:
     assert issubclass(task_class.Config, LLMConfig) and task_class.Config is not LLMConfig
     with pytest.raises(ConfigError, match=rf"{task_class.name} needs a"):
@@ -440,14 +441,16 @@ def _write(path: Path, lines: list[str]) -> None:
 def test_task_modules_import_light() -> None:
     """Listing tasks must not import torch, transformers or datasets (checked in a fresh interpreter)."""
     code = (
-        "import sys, problems.gsm8k, problems.arithmetic, problems.countdown\n"
+        "import sys, problems.gsm8k, problems.arithmetic, problems.countdown, problems.instruct\n"
         "print(sorted(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("module", ["problems.gsm8k", "problems.arithmetic", "problems.countdown"])
+@pytest.mark.parametrize(
+    "module", ["problems.gsm8k", "problems.arithmetic", "problems.countdown", "problems.instruct"]
+)
 def test_registry_target_problem(module: str) -> None:
     """`problems.<task>:Problem` (the registry's target) is built lazily, once."""
     tasks = importlib.import_module(module)

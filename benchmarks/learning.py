@@ -1,0 +1,321 @@
+"""The learning harness: one named recipe end to end, proved on fresh items with a paired test.
+
+    python benchmarks/learning.py --recipe arithmetic --json runs/learning/arithmetic.json
+    python benchmarks/learning.py --recipe arithmetic --method grpo --json runs/learning/arith-grpo.json
+    python benchmarks/learning.py --recipe arithmetic --no-sft --set problem.stdev=0.5 --json FILE
+
+Steps, each a real `gfo` command in a subprocess (printed, and stored in the JSON):
+  1. `gfo sft` on the task's first `sft_limit` training items (skipped by `--no-sft`): the start;
+  2. the search from that start: `gfo run` (ES, `--method es`) or `benchmarks/grpo_baseline.py`
+     (`--method grpo`) at the same number of training completions;
+  3. `gfo eval` of the base model, the start and the final adapter on `--items` FRESH items that no
+     step saw or selected on: for generated tasks the test stream of another `problem.data_seed`,
+     for GSM8K the test items after the ones the search's held-out evaluation used;
+  4. paired statistics (exact McNemar, Wilson intervals) of final vs start and final vs base.
+Accuracy is exact answers (items whose reward is 1), for instruct strict compliance. Writes the
+JSON (`--json`), and a PNG of held-out accuracy against training completions next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+FRESH_SEED = 7  # data_seed of the fresh test stream of generated tasks (training uses the default 0)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A documented learning recipe (docs/learning.md): warm start, search, and how it is scored."""
+
+    task: str
+    algo: str = "pgpe"
+    popsize: int = 16
+    generations: int = 20
+    problem: dict[str, Any] = field(default_factory=dict)  # --set problem.KEY=VALUE of every step
+    search: dict[str, Any] = field(default_factory=dict)  # --set of the search only (algo.*, problem.*)
+    sft_limit: int | None = 1024
+    sft_lr: float = 1e-3
+    sft_epochs: float = 1.0
+    items: int = 500
+    generated: bool = True  # a task with a data_seed (arithmetic, instruct); GSM8K is not
+
+
+RECIPES = {
+    "arithmetic": Recipe(
+        task="arithmetic",
+        problem={"max_new_tokens": 64},
+        search={"batch_size": 32, "eval_every": 5, "eval_limit": 64, "stdev": 0.25, "algo.max_speed": 0.75},
+    ),
+    "instruct": Recipe(
+        task="instruct",
+        sft_limit=None,
+        problem={"max_new_tokens": 96},
+        search={"batch_size": 32, "eval_every": 5, "eval_limit": 64, "stdev": 0.25, "algo.max_speed": 0.75},
+    ),
+    "gsm8k": Recipe(
+        task="gsm8k",
+        popsize=8,
+        generations=10,
+        problem={"max_new_tokens": 256},
+        search={"batch_size": 16, "eval_every": 5, "eval_limit": 64, "stdev": 0.25, "algo.max_speed": 0.75},
+        sft_limit=1495,
+        sft_lr=1e-4,
+        generated=False,
+    ),
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    p.add_argument("--recipe", choices=sorted(RECIPES), default="arithmetic")
+    p.add_argument("--method", choices=("es", "grpo"), default="es")
+    p.add_argument("--json", type=Path, required=True, help="result file (the PNG goes next to it)")
+    p.add_argument("--out", type=Path, default=None, help="folder for the runs (default: next to --json)")
+    p.add_argument("--model", default=None, help="model (default: the bundled SmolLM2-135M-Instruct)")
+    p.add_argument("--items", type=int, default=None, help="fresh items scored (default: the recipe's)")
+    p.add_argument("--generations", type=int, default=None)
+    p.add_argument("--popsize", type=int, default=None)
+    p.add_argument("--algo", default=None)
+    p.add_argument("--no-sft", action="store_true", help="start from the PiSSA init (no warm start)")
+    p.add_argument("--sft-limit", type=int, default=None)
+    p.add_argument("--sft-lr", type=float, default=None)
+    p.add_argument("--start", default=None, help="an existing warm-start adapter instead of running SFT")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], help="search override KEY=VALUE (repeatable)"
+    )
+    return p.parse_args(argv)
+
+
+def sets(values: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    for key, value in values.items():
+        if isinstance(value, (list, tuple)):
+            value = ",".join(map(str, value))
+        out += ["--set", key if "=" in key else f"{key if '.' in key else 'problem.' + key}={value}"]
+    return out
+
+
+def run(command: list[str], log: list[dict[str, Any]]) -> float:
+    """Run one step (its output to our stdout) and record it; returns its wall time."""
+    print("$ " + " ".join(command), flush=True)
+    started = time.perf_counter()
+    subprocess.run(command, check=True, cwd=ROOT)
+    seconds = time.perf_counter() - started
+    log.append({"command": " ".join(command), "wall_s": round(seconds, 1)})
+    return seconds
+
+
+def correct(eval_dir: Path) -> list[bool]:
+    with open(eval_dir / "completions.jsonl") as f:
+        return [float(json.loads(line)["reward"]) >= 1.0 for line in f]
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    from gfo.stats import paired_summary
+
+    recipe = RECIPES[args.recipe]
+    out = args.out or args.json.with_suffix("")
+    out.mkdir(parents=True, exist_ok=True)
+    gfo = [sys.executable, "-m", "gfo.cli"]
+    common = sets(recipe.problem) + (["--set", f"problem.model={args.model}"] if args.model else [])
+    log: list[dict[str, Any]] = []
+    items = args.items or recipe.items
+
+    # 1. The start.
+    sft_s = 0.0
+    if args.start:
+        start: str | None = str(Path(args.start).resolve())
+    elif args.no_sft:
+        start = None  # PiSSA's centre is the base model exactly (docs/llm.md)
+    else:
+        sft_dir = out / "sft"
+        command = [*gfo, "sft", "--problem", recipe.task, "--out", str(sft_dir), "--quiet", *common]
+        limit = args.sft_limit or recipe.sft_limit
+        command += ["--lr", str(args.sft_lr or recipe.sft_lr), "--epochs", str(recipe.sft_epochs)]
+        command += ["--limit", str(limit)] if limit else []
+        sft_s = run(command, log)
+        start = str(sft_dir / "adapter")
+
+    # 2. The search.
+    search_dir = out / args.method
+    search = dict(recipe.search)
+    search.update(dict(o.split("=", 1) for o in args.overrides))
+    algo_sets = {k: v for k, v in search.items() if k.startswith("algo.")}
+    problem_sets = {k: v for k, v in search.items() if not k.startswith("algo.")}
+    if start:
+        problem_sets["init_adapter"] = start
+    popsize = args.popsize or recipe.popsize
+    generations = args.generations or recipe.generations
+    batch = int(problem_sets.get("batch_size", 8))
+    budget = popsize * batch * generations
+    if args.method == "es":
+        command = [
+            *gfo, "run", "--algo", args.algo or recipe.algo, "--problem", recipe.task,
+            "--popsize", str(popsize), "--generations", str(generations), "--seed", str(args.seed),
+            "--out", str(search_dir), "--force", *common, *sets(problem_sets), *sets(algo_sets),
+        ]  # fmt: skip
+        search_s = run(command, log)
+        final = search_dir / "adapter"
+        summary = json.loads((search_dir / "summary.json").read_text())
+        counters = summary.get("counters", {})
+        completions, tokens = counters.get("completions"), counters.get("generated_tokens")
+        curve = heldout_curve(search_dir / "metrics.jsonl", summary)
+    else:
+        grpo_sets = {k: v for k, v in problem_sets.items() if k not in ("stdev", "batch_size")}
+        command = [
+            sys.executable, str(ROOT / "benchmarks" / "grpo_baseline.py"), "--problem", recipe.task,
+            "--completions", str(budget), "--out", str(search_dir), "--seed", str(args.seed), "--skip-before",
+            *common, *sets(grpo_sets),
+        ]  # fmt: skip
+        search_s = run(command, log)
+        final = search_dir / "adapter"
+        result = json.loads((search_dir / "result.json").read_text())
+        completions, tokens = result.get("completions_generated"), result.get("tokens_generated")
+        curve = []
+
+    # 3. Fresh items.
+    fresh = ["--set", f"problem.data_seed={FRESH_SEED}"] if recipe.generated else []
+    offset = [] if recipe.generated else ["--offset", str(int(problem_sets.get("eval_limit", 64)))]
+    scored: dict[str, Path] = {}
+    eval_s = 0.0
+    for name, adapter in (("base", None), ("start", start), ("final", str(final))):
+        if name == "start" and start is None:
+            scored["start"] = scored["base"]
+            continue
+        directory = out / f"eval-{name}"
+        command = [*gfo, "eval", "--problem", recipe.task, "--limit", str(items), "--out", str(directory)]
+        command += ["--quiet", *offset, *common, *fresh] + (["--adapter", adapter] if adapter else [])
+        eval_s += run(command, log)
+        scored[name] = directory
+    base, begin, end = (correct(scored[k]) for k in ("base", "start", "final"))
+    vs_start, vs_base = paired_summary(end, begin), paired_summary(end, base)
+
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    result_json: dict[str, Any] = {
+        "task": recipe.task,
+        "recipe": args.recipe,
+        "method": args.method,
+        "settings": {
+            "algo": args.algo or recipe.algo,
+            "popsize": popsize,
+            "generations": generations,
+            "problem": recipe.problem,
+            "search": search,
+            "start": start or "pissa",
+            "budget_completions": budget,
+        },
+        "base_acc": vs_base["acc_b"],
+        "start_acc": vs_start["acc_b"],
+        "final_acc": vs_start["acc_a"],
+        "n_items": len(end),
+        "p_final_vs_start": vs_start["p_value"],
+        "p_final_vs_base": vs_base["p_value"],
+        "final_vs_start": vs_start,
+        "final_vs_base": vs_base,
+        "completions": completions,
+        "tokens": tokens,
+        "wall_s": round(sft_s + search_s, 1),
+        "sft_wall_s": round(sft_s, 1),
+        "search_wall_s": round(search_s, 1),
+        "eval_wall_s": round(eval_s, 1),
+        "peak_rss_mb": round(peak, 1),
+        "adapter": str(final),
+        "heldout_curve": curve,
+        "commit": git_commit(),
+        "dtype": dtype_of(scored["final"]),
+        "cpu": cpu_model(),
+        "steps": log,
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result_json, indent=2))
+    if curve:
+        plot(curve, result_json, args.json.with_suffix(".png"))
+    print(
+        f"{args.recipe} ({args.method}): base {result_json['base_acc']:.3f}  "
+        f"start {result_json['start_acc']:.3f}  "
+        f"final {result_json['final_acc']:.3f} on {len(end)} fresh items; p(final vs start) = "
+        f"{vs_start['p_value']:.2g}, p(final vs base) = {vs_base['p_value']:.2g}; "
+        f"{result_json['wall_s'] / 60:.1f} min (SFT {sft_s / 60:.1f} + search {search_s / 60:.1f})"
+    )
+    return result_json
+
+
+def heldout_curve(metrics: Path, summary: dict[str, Any]) -> list[dict[str, float]]:
+    """(training completions so far, held-out accuracy of centre and generation best) per measurement."""
+    curve: list[dict[str, float]] = []
+    if summary.get("heldout_initial") is not None:
+        curve.append(
+            {"completions": 0.0, "center": summary["heldout_initial"], "best": summary["heldout_initial"]}
+        )
+    with open(metrics) as f:
+        for line in f:
+            record = json.loads(line)
+            if "heldout" in record:
+                done = float(record.get("completions_total", 0.0))
+                curve.append({"completions": done, **record["heldout"]})
+    return curve
+
+
+def plot(curve: list[dict[str, float]], result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    x = [p["completions"] for p in curve]
+    ax.plot(x, [p["center"] for p in curve], "o-", label="centre (held-out, selection set)")
+    ax.plot(x, [p["best"] for p in curve], "s--", label="generation best (held-out)")
+    ax.axhline(
+        result["start_acc"], color="grey", lw=0.8, label=f"start, fresh items ({result['start_acc']:.3f})"
+    )
+    ax.axhline(
+        result["final_acc"], color="green", lw=0.8, label=f"final, fresh items ({result['final_acc']:.3f})"
+    )
+    ax.set_xlabel("training completions")
+    ax.set_ylabel("accuracy (mean reward)")
+    ax.set_title(f"{result['recipe']}: {result['settings']['algo']} P={result['settings']['popsize']}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def dtype_of(eval_dir: Path) -> str:
+    return str(json.loads((eval_dir / "eval.json").read_text()).get("dtype", "?"))
+
+
+def cpu_model() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor()
+    name = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if "model name" in ln), "?")
+    flags = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    return f"{name}, {os.cpu_count()} cores, " + ("AVX512-BF16" if "avx512_bf16" in flags else "AVX2 only")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,304 @@
+"""Verifiable instruction following: IFEval-style constraints on short paragraphs (ESSA's IFEval, in spirit).
+
+Prompts are generated offline from a seed: "Write a short paragraph about TOPIC." followed by one or
+two IFEval instructions (`problems._instructions`), never two that contradict each other. The
+reward is the fraction of a prompt's instructions the completion follows, so a reward of 1 is
+IFEval's strict prompt-level compliance, and `gfo eval` (which counts reward >= 1 as correct)
+reports it as `correct / items`. `constraint_report` gives the per-instruction breakdown;
+`python -m problems.instruct OUT/completions.jsonl` prints it for a `gfo eval` folder.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from itertools import combinations
+from pathlib import Path
+from typing import Any, ClassVar
+
+from gfo.errors import ConfigError, GfoError
+from gfo.registry import unknown_name
+from gfo_llm.config import LLMConfig
+from gfo_llm.task import Example, Task
+from problems import _instructions as ins
+from problems._answers import MAX_COMPLETION_CHARS
+from problems._generated import GeneratedConfig
+
+PROMPT = "Write a short paragraph about {topic}."
+# Expected mid-range on the bundled model (to be measured: docs/tasks.md). Low at base: lowercase,
+# capital, no comma, end phrase, forbidden topic word; high: title. Those stay available.
+DEFAULT_CONSTRAINTS = (ins.NUMBER_WORDS, ins.EXISTENCE, ins.BULLETS, ins.QUOTATION, ins.POSTSCRIPT)
+
+# (topic, its word): the word is what `keywords:forbidden_words` forbids, the one hardest to avoid.
+TOPICS = (
+    ("morning coffee", "coffee"), ("a rainy day", "rainy"), ("your favorite book", "book"),
+    ("walking the dog", "dog"), ("cooking pasta", "pasta"), ("riding a bicycle", "bicycle"),
+    ("a trip to the beach", "beach"), ("learning to swim", "swim"), ("gardening", "gardening"),
+    ("a birthday party", "birthday"), ("playing chess", "chess"), ("baking bread", "bread"),
+    ("a visit to the zoo", "zoo"), ("drinking tea", "tea"), ("taking the bus", "bus"),
+    ("a snowy winter", "snowy"), ("watching a movie", "movie"), ("doing laundry", "laundry"),
+    ("a picnic in the park", "picnic"), ("reading the news", "news"), ("listening to music", "music"),
+    ("a favorite sport", "sport"), ("keeping a diary", "diary"), ("cleaning the house", "cleaning"),
+    ("shopping for groceries", "groceries"), ("a pet cat", "cat"), ("learning a language", "language"),
+    ("a summer vacation", "vacation"), ("going camping", "camping"), ("a school lunch", "lunch"),
+    ("writing a letter", "letter"), ("a city library", "library"), ("planting a tree", "tree"),
+    ("a thunderstorm", "thunderstorm"), ("making breakfast", "breakfast"), ("a board game", "game"),
+    ("painting a picture", "painting"), ("taking photographs", "photographs"), ("a train ride", "train"),
+    ("visiting grandparents", "grandparents"), ("a farmers market", "market"), ("fixing a bike", "bike"),
+    ("a long flight", "flight"), ("ice cream", "cream"), ("a football match", "football"),
+    ("flying a kite", "kite"), ("a morning run", "run"), ("learning to cook", "cook"),
+    ("a family dinner", "dinner"), ("the first day of school", "school"), ("a lost umbrella", "umbrella"),
+    ("brushing your teeth", "teeth"), ("a cup of hot chocolate", "chocolate"),
+    ("going to the dentist", "dentist"), ("a new pair of shoes", "shoes"),
+    ("building a sandcastle", "sandcastle"), ("a fishing trip", "fishing"),
+    ("recycling", "recycling"), ("a sunny afternoon", "sunny"), ("playing the guitar", "guitar"),
+    ("a road trip", "road"), ("making a sandwich", "sandwich"), ("a visit to the museum", "museum"),
+    ("a favorite holiday", "holiday"), ("riding a horse", "horse"), ("knitting a scarf", "scarf"),
+    ("a busy airport", "airport"), ("washing the car", "car"), ("a bowl of soup", "soup"),
+    ("watching the stars", "stars"), ("a favorite teacher", "teacher"), ("moving to a new home", "home"),
+    ("a video call", "video"), ("growing tomatoes", "tomatoes"), ("a morning alarm", "alarm"),
+    ("learning to drive", "drive"), ("a crowded subway", "subway"), ("making pancakes", "pancakes"),
+    ("a walk in the woods", "woods"), ("a piano lesson", "piano"), ("saving money", "money"),
+    ("a haircut", "haircut"), ("feeding birds", "birds"), ("a lazy Sunday", "Sunday"),
+    ("a birthday cake", "cake"), ("folding clothes", "clothes"), ("a hot summer night", "night"),
+    ("visiting a bakery", "bakery"), ("a favorite song", "song"), ("playing in the snow", "snow"),
+    ("a science fair", "science"), ("ordering pizza", "pizza"), ("a rainbow", "rainbow"),
+    ("taking a nap", "nap"), ("a swimming pool", "pool"), ("the smell of rain", "rain"),
+    ("a lemonade stand", "lemonade"), ("sending a text message", "message"), ("a jigsaw puzzle", "puzzle"),
+    ("a farm", "farm"), ("a coffee shop", "shop"),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class InstructConfig(GeneratedConfig):
+    """Instruction-following settings on top of the shared LLM settings."""
+
+    constraints: tuple[str, ...] = field(
+        default=DEFAULT_CONSTRAINTS,
+        metadata={"help": "IFEval instruction ids that prompts draw from (comma-separated with --set)"},
+    )
+    constraints_per_prompt: int = field(
+        default=2, metadata={"help": "instructions per prompt, 1 or 2 (reward: the fraction followed)"}
+    )
+    max_new_tokens: int = field(
+        default=96,
+        metadata={
+            "help": "generation cap per completion; at 64 tokens 56% of the bundled model's "
+            "'end with this phrase' answers were cut off (MISSION.md), failing end-of-answer instructions"
+        },
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.format_bonus != 0.0:
+            raise ConfigError(
+                f"problem.format_bonus must be 0 for instruct (it has no answer format); got "
+                f"{self.format_bonus}, leave it out"
+            )
+        if self.constraints_per_prompt not in (1, 2):
+            raise ConfigError(
+                f"problem.constraints_per_prompt must be 1 or 2; got {self.constraints_per_prompt}, use 2"
+            )
+        if not self.constraints:
+            raise ConfigError(f"problem.constraints is empty; use e.g. {','.join(DEFAULT_CONSTRAINTS)}")
+        for name in self.constraints:
+            if name not in ins.INSTRUCTIONS:
+                raise ConfigError(
+                    "problem.constraints: " + unknown_name("instruction", name, list(ins.INSTRUCTIONS))
+                )
+        if len(set(self.constraints)) != len(self.constraints):
+            raise ConfigError(f"problem.constraints lists an instruction twice: {','.join(self.constraints)}")
+        if self.constraints_per_prompt == 2:
+            for name in self.constraints:
+                if not any(ins.compatible(name, other) for other in self.constraints):
+                    raise ConfigError(
+                        f"problem.constraints: {name} conflicts with every other enabled instruction, so "
+                        "no prompt could ask for it with constraints_per_prompt=2; enable a compatible "
+                        "one (e.g. keywords:existence) or set problem.constraints_per_prompt=1"
+                    )
+
+
+class Instruct(Task):
+    """Write a short paragraph under IFEval constraints; reward: the fraction of them followed."""
+
+    name: ClassVar[str] = "instruct"
+    Config: ClassVar[type[LLMConfig]] = InstructConfig
+    config: InstructConfig
+
+    def __init__(self, config: LLMConfig) -> None:
+        if not isinstance(config, InstructConfig):
+            raise ConfigError(
+                f"instruct needs an Instruct.Config, got {type(config).__name__}; use Instruct.Config()"
+            )
+        super().__init__(config)
+        self._examples: dict[str, list[dict[str, Any]]] = {}
+
+    def examples(self, split: str) -> Sequence[Example]:
+        if split not in self.splits:
+            raise GfoError(f"instruct has no split {split!r}; use one of {', '.join(self.splits)}")
+        if not self._examples:
+            cfg = self.config
+            # Test first, from its own stream: the test set does not change when train_size does.
+            test = self._generate(cfg.test_size, random.Random(f"instruct-{cfg.data_seed}-test"), set())
+            seen = {prompt_text(row) for row in test}
+            train = self._generate(cfg.train_size, random.Random(f"instruct-{cfg.data_seed}-train"), seen)
+            self._examples = {"test": test, "train": train}
+        return self._examples[split]
+
+    def prompt(self, example: Example) -> str:
+        return prompt_text(example)
+
+    def reward(self, completions: Sequence[str], examples: Sequence[Example]) -> list[float]:
+        if len(completions) != len(examples):
+            raise ValueError(f"{len(completions)} completions but {len(examples)} examples")
+        rewards = []
+        for text, example in zip(completions, examples, strict=True):
+            followed = follows(text, example)
+            rewards.append(sum(followed) / len(followed))  # exactly 1.0 when all are followed
+        return rewards
+
+    def reference(self, example: Example) -> str:
+        """A templated answer that follows every instruction of the prompt (formulaic, but valid SFT)."""
+        return witness(example)
+
+    def _generate(self, size: int, rng: random.Random, seen: set[str]) -> list[dict[str, Any]]:
+        cfg = self.config
+        choices: list[tuple[str, ...]]
+        if cfg.constraints_per_prompt == 1:
+            choices = [(name,) for name in cfg.constraints]
+        else:
+            choices = [pair for pair in combinations(cfg.constraints, 2) if ins.compatible(*pair)]
+        rows: list[dict[str, Any]] = []
+        for _ in range(50 * size):  # bounded: one instruction on few topics has few distinct prompts
+            if len(rows) == size:
+                return rows
+            topic, word = rng.choice(TOPICS)
+            ids = list(rng.choice(choices))
+            rng.shuffle(ids)
+            row = {
+                "topic": topic,
+                "instruction_id_list": ids,
+                "kwargs": [ins.INSTRUCTIONS[name].sample(rng, word) for name in ids],
+            }
+            text = prompt_text(row)
+            if text not in seen:
+                seen.add(text)
+                rows.append(row)
+        raise GfoError(
+            f"could not generate {size} distinct instruct prompts; enable more problem.constraints, "
+            "or lower problem.train_size/test_size"
+        )
+
+
+def __getattr__(name: str) -> Any:
+    """`Problem`, the gfo problem the registry loads ("problems.instruct:Problem"), built on first use.
+
+    Lazy because `gfo_llm.problem` imports torch and transformers, which listing tasks must not.
+    """
+    if name == "Problem":
+        from gfo_llm.problem import LLMProblem
+
+        problem = globals()["Problem"] = LLMProblem.for_task(Instruct)
+        return problem
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def prompt_text(example: Example) -> str:
+    """The user message: the topic sentence, then each instruction's sentence."""
+    pairs = zip(example["instruction_id_list"], example["kwargs"], strict=True)
+    return " ".join([PROMPT.format(topic=example["topic"]), *(ins.describe(n, kw) for n, kw in pairs)])
+
+
+def follows(text: str, example: Example) -> list[bool]:
+    """Per instruction of `example`, whether `text` follows it (IFEval's strict check).
+
+    Text that is not a string, is longer than `MAX_COMPLETION_CHARS`, or has no word character at all
+    follows nothing: an empty answer should not earn "no commas" or "all lowercase".
+    """
+    ids, kwargs = example["instruction_id_list"], example["kwargs"]
+    if not isinstance(text, str) or len(text) > MAX_COMPLETION_CHARS or ins.count_words(text) == 0:
+        return [False] * len(ids)
+    return [ins.check(name, text, kw) for name, kw in zip(ids, kwargs, strict=True)]
+
+
+def constraint_report(completions: Sequence[str], examples: Sequence[Example]) -> dict[str, tuple[int, int]]:
+    """Per instruction id, (completions that follow it, prompts that ask for it), ids sorted.
+
+    IFEval's instruction-level accuracy is the pooled ratio; its strict prompt-level accuracy is the
+    share of rewards equal to 1 (`correct / items` in `gfo eval`).
+    """
+    if len(completions) != len(examples):
+        raise ValueError(f"{len(completions)} completions but {len(examples)} examples")
+    counts: dict[str, tuple[int, int]] = {}
+    for text, example in zip(completions, examples, strict=True):
+        for name, ok in zip(example["instruction_id_list"], follows(text, example), strict=True):
+            satisfied, total = counts.get(name, (0, 0))
+            counts[name] = (satisfied + ok, total + 1)
+    return dict(sorted(counts.items()))
+
+
+def witness(example: Example) -> str:
+    """A short answer that follows every instruction of `example`, built from neutral filler words.
+
+    It proves each generated prompt satisfiable (tested on thousands of prompts) and is the task's
+    SFT reference. Filler words are none of the topic words, so a forbidden word never appears.
+    """
+    given = dict(zip(example["instruction_id_list"], example["kwargs"], strict=True))
+    opening = "This is a pleasant subject"  # 5 words: leaves room under the smallest word bound
+    if ins.EXISTENCE in given:
+        opening += " that brings to mind " + " and ".join(given[ins.EXISTENCE]["keywords"])
+    lines = [opening + "."]
+    words = given.get(ins.NUMBER_WORDS)
+    if words is not None and words["relation"] == "at least":
+        while ins.count_words(" ".join(lines)) < words["num_words"]:
+            lines.append("Many people enjoy thinking about it on a quiet day.")
+    if ins.TITLE in given:
+        lines.insert(0, "<<A Short Note>>")
+    if ins.BULLETS in given:
+        lines += [f"* Point {i + 1}." for i in range(given[ins.BULLETS]["num_bullets"])]
+    if ins.POSTSCRIPT in given:
+        lines.append(f"{given[ins.POSTSCRIPT]['postscript_marker']} Thank you for reading.")
+    if ins.END in given:
+        lines.append(given[ins.END]["end_phrase"])
+    text = "\n".join(lines)
+    if ins.LOWERCASE in given:
+        text = text.lower()
+    if ins.CAPITAL in given:
+        text = text.upper()
+    if ins.QUOTATION in given:
+        text = f'"{text}"'
+    if ins.JSON in given:
+        text = json.dumps({"paragraph": text})
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m problems.instruct OUT/completions.jsonl`: compliance per instruction of a `gfo eval`."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 1:
+        print("usage: python -m problems.instruct OUT/completions.jsonl", file=sys.stderr)
+        return 2
+    try:
+        rows = [json.loads(line) for line in Path(args[0]).read_text(encoding="utf-8").splitlines() if line]
+        completions, examples = [r["completion"] for r in rows], [r["example"] for r in rows]
+        report = constraint_report(completions, examples)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print(f"cannot read {args[0]} as gfo eval completions: {exc}", file=sys.stderr)
+        return 2
+    rewards = Instruct(InstructConfig()).reward(completions, examples)
+    print(f"{'instruction':<40} {'followed':>9} {'rate':>6}")
+    for name, (satisfied, total) in report.items():
+        print(f"{name:<40} {satisfied:>4}/{total:<4} {satisfied / total:>6.1%}")
+    followed = sum(s for s, _ in report.values())
+    asked = sum(t for _, t in report.values())
+    print(f"{'instruction level':<40} {followed:>4}/{asked:<4} {followed / max(asked, 1):>6.1%}")
+    strict = sum(r >= 1.0 for r in rewards)
+    print(f"{'prompt level (strict)':<40} {strict:>4}/{len(rewards):<4} {strict / len(rewards):>6.1%}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

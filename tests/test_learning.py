@@ -1,0 +1,59 @@
+"""benchmarks/learning.py end to end on the tiny model: SFT, search, fresh-item paired scores."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gfo.stats import paired_summary
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def harness() -> Any:
+    spec = importlib.util.spec_from_file_location("learning", ROOT / "benchmarks" / "learning.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["learning"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("sft", [True, pytest.param(False, marks=pytest.mark.slow)])
+def test_learning_harness_end_to_end(tiny_model_dir: Path, tmp_path: Path, sft: bool) -> None:
+    out = tmp_path / "arith.json"
+    argv = ["--recipe", "arithmetic", "--json", str(out), "--model", str(tiny_model_dir), "--items", "6"]
+    argv += ["--generations", "2", "--popsize", "2", "--sft-limit", "4"] + ([] if sft else ["--no-sft"])
+    for key, value in (("batch_size", 2), ("eval_limit", 3), ("eval_every", 1), ("max_new_tokens", 6)):
+        argv += ["--set", f"{key}={value}"]
+    argv += ["--set", "dtype=fp32"]
+    result = harness().main(argv)
+    saved = json.loads(out.read_text())
+    assert saved == json.loads(json.dumps(result))
+    for key in ("task", "recipe", "base_acc", "start_acc", "final_acc", "n_items", "p_final_vs_start",
+                "p_final_vs_base", "completions", "tokens", "wall_s", "sft_wall_s", "search_wall_s",
+                "peak_rss_mb", "adapter", "commit", "dtype", "cpu"):  # fmt: skip
+        assert key in saved, key
+    assert saved["n_items"] == 6 and saved["completions"] == 2 * 2 * 2  # popsize x batch x generations
+    assert (saved["sft_wall_s"] > 0) == sft and Path(saved["adapter"], "adapter_config.json").is_file()
+
+    # The figures are the paired statistics of the per-item files the evals wrote.
+    def correct(name: str) -> list[bool]:
+        lines = (out.with_suffix("") / f"eval-{name}" / "completions.jsonl").read_text().splitlines()
+        return [json.loads(line)["reward"] >= 1 for line in lines]
+
+    final, start = correct("final"), correct("start" if sft else "base")
+    assert saved["final_vs_start"] == json.loads(json.dumps(paired_summary(final, start)))
+    # Fresh items: another data_seed than the search's held-out items.
+    fresh = [
+        json.loads(line)["example"]
+        for line in (out.with_suffix("") / "eval-final" / "completions.jsonl").open()
+    ]
+    heldout = json.loads((out.with_suffix("") / "es" / "summary.json").read_text())
+    assert heldout and fresh[0] != fresh[1]
+    assert out.with_suffix(".png").is_file() and saved["heldout_curve"][0]["completions"] == 0.0
