@@ -19,9 +19,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Main job: ESSA on the bundled SmolLM2-135M-Instruct, GSM8K from $(GFO_DATA_DIR).
+# Main job: the ESSA recipe on the bundled SmolLM2-135M-Instruct, arithmetic (where a 2-core CPU
+# can show learning): the base model on 300 fresh items, SFT warm start, PGPE on the SVD of the
+# SFT adapter, then start and final on the same fresh items with paired p-values (docs/learning.md).
 run: $(STAMP)
-	$(BIN)/gfo run --algo pgpe --problem gsm8k --set algo.max_speed=0.75 --out runs/quickstart --force $(ARGS)
+	$(BIN)/python benchmarks/learning.py --recipe quickstart --json runs/quickstart/learning.json $(ARGS)
 
 # A benchmark problem, seconds.
 run-bench: $(STAMP)

@@ -128,7 +128,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         target_modules=list(config.target_modules),
         task_type="CAUSAL_LM",
     )
-    model = get_peft_model(model, lora)
+    if config.init_adapter:
+        from peft import PeftModel
+
+        # The same start as the ES side: continue training the warm-start adapter (e.g. `gfo sft`).
+        model = PeftModel.from_pretrained(model, config.init_adapter, is_trainable=True)
+    else:
+        model = get_peft_model(model, lora)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     per_step = args.num_generations * args.prompts_per_step
@@ -182,6 +188,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "problem": args.problem,
         "model": after["model"],
         "rank": config.rank,
+        "start": config.init_adapter or "fresh LoRA (B = 0)",
         "target_modules": list(config.target_modules),
         "trainable_parameters": trainable,
         "budget_completions": args.completions,

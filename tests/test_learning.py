@@ -39,21 +39,18 @@ def test_learning_harness_end_to_end(tiny_model_dir: Path, tmp_path: Path, sft: 
                 "p_final_vs_base", "completions", "tokens", "wall_s", "sft_wall_s", "search_wall_s",
                 "peak_rss_mb", "adapter", "commit", "dtype", "cpu"):  # fmt: skip
         assert key in saved, key
-    assert saved["n_items"] == 6 and saved["completions"] == 2 * 2 * 2  # popsize x batch x generations
+    assert saved["completions"] == 2 * 2 * 2  # popsize x batch x generations
     assert (saved["sft_wall_s"] > 0) == sft and Path(saved["adapter"], "adapter_config.json").is_file()
 
-    # The figures are the paired statistics of the per-item files the evals wrote.
-    def correct(name: str) -> list[bool]:
-        lines = (out.with_suffix("") / f"eval-{name}" / "completions.jsonl").read_text().splitlines()
-        return [json.loads(line)["reward"] >= 1 for line in lines]
-
-    final, start = correct("final"), correct("start" if sft else "base")
+    # The figures are the paired statistics of the per-item files the evals wrote, on the items
+    # that are in neither split of the training stream.
+    module, runs = harness(), out.with_suffix("")
+    keep = module.unseen("arithmetic", runs / "eval-final", str(tiny_model_dir))
+    final = module.correct(runs / "eval-final", keep)
+    start = module.correct(runs / ("eval-start" if sft else "eval-base"), keep)
     assert saved["final_vs_start"] == json.loads(json.dumps(paired_summary(final, start)))
-    # Fresh items: another data_seed than the search's held-out items.
-    fresh = [
-        json.loads(line)["example"]
-        for line in (out.with_suffix("") / "eval-final" / "completions.jsonl").open()
-    ]
-    heldout = json.loads((out.with_suffix("") / "es" / "summary.json").read_text())
-    assert heldout and fresh[0] != fresh[1]
+    assert saved["n_items"] == keep.count(True) and saved["dropped_seen_items"] == keep.count(False)
+    # Fresh items: another data_seed than the search's, whose prompts differ.
+    fresh = [r["example"] for r in module.records(runs / "eval-final")]
+    assert len(fresh) == 6 and fresh[0] != fresh[1]
     assert out.with_suffix(".png").is_file() and saved["heldout_curve"][0]["completions"] == 0.0
