@@ -244,6 +244,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     keep = unseen(recipe.task, scored["final"], args.model) if recipe.generated else None
     base, begin, end = (correct(scored[k], keep) for k in ("base", "start", "final"))
     vs_start, vs_base = paired_summary(end, begin), paired_summary(end, base)
+    start_vs_base = paired_summary(begin, base)
 
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     result_json: dict[str, Any] = {
@@ -266,6 +267,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "dropped_seen_items": 0 if keep is None else keep.count(False),
         "p_final_vs_start": vs_start["p_value"],
         "p_final_vs_base": vs_base["p_value"],
+        "p_start_vs_base": start_vs_base["p_value"],
         "final_vs_start": vs_start,
         "final_vs_base": vs_base,
         "completions": completions,

@@ -113,7 +113,8 @@ def greedy_decode(
 
     device = next(model.parameters()).device
     groups = list(groups) if groups is not None else [0] * len(prompts)
-    shared = _shared_prefix(model, prompts, groups, select, device, DynamicCache, stats := DecodeStats())
+    stats = DecodeStats()
+    shared = _shared_prefix(model, prompts, groups, select, device, DynamicCache, stats)
     eos_set = set(eos)
     refill_at = max(1, row_budget // 8) if refill_at is None else max(1, refill_at)
     queue = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
