@@ -44,6 +44,10 @@ class Algorithm:
 
     Config: ClassVar[type]
     summary: ClassVar[str] = ""
+    #: Config keys whose effect lives in `state_dict()`: a resume loads that state, which would
+    #: silently override a changed value, so it refuses the change. Every other key takes effect
+    #: from the resumed generation on, and the run records where it changed.
+    state_settings: ClassVar[tuple[str, ...]] = ("stdev_init",)
 
     def __init__(self, config: Any, spec: SearchSpec, seed: int) -> None:
         self.config = config
@@ -319,6 +323,8 @@ class _Gaussian(_EvoTorch):
 class ES(_Gaussian):
     Config = ESConfig
     summary = "OpenAI ES: fixed sigma, Adam, centred ranks, antithetic pairs"
+    # Adam keeps its step size in the optimizer state (torch's param_groups), which a resume loads.
+    state_settings = ("stdev_init", "center_learning_rate")
 
     def _build(self, problem: Any, stdev: float) -> Any:
         from evotorch.algorithms import PGPE as _PGPE

@@ -1,8 +1,9 @@
 """Benchmark algorithms on one problem: every algorithm x seed is a real run in `OUT/<algo>/seed-<k>/`.
 
-Runs are resumable: a run with `summary.json` is done and skipped, one with a checkpoint is
-continued. The table (`results.csv`) is read back from each run's `summary.json` and
-`metrics.jsonl`, never from memory, so it says exactly what the run folders say.
+Runs are resumable: a run with `summary.json` is done and skipped (unless a signal stopped it:
+then its summary holds the results so far), one with a checkpoint is continued. The table
+(`results.csv`) is read back from each run's `summary.json` and `metrics.jsonl`, never from
+memory, so it says exactly what the run folders say.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 from gfo import checkpoint
 from gfo.errors import ConfigError, GfoError
-from gfo.loop import Interrupted, prepare_run_dir, run
+from gfo.loop import SIGNAL_REASONS, Callback, Interrupted, prepare_run_dir, run
 from gfo.problem import Sense, better
 from gfo.registry import ALGORITHMS, PROBLEMS, unknown_name
 from gfo.spec import RunSpec, resolve
@@ -172,19 +173,22 @@ def run_all(
     *,
     force: bool = False,
     log: Callable[[str], None] = print,
+    callbacks: Callable[[RunSpec, Path], list[Callback]] | None = None,
 ) -> None:
-    """Run every planned run in turn; a failure is recorded (`error.txt`) and the others go on."""
+    """Run every planned run in turn; a failure is recorded (`error.txt`) and the others go on.
+    `callbacks(spec, run_dir)` adds loop callbacks to each run (experiment tracking)."""
     for i, r in enumerate(runs, 1):
         tag = f"[{i}/{len(runs)}] {r.algo} seed {r.seed}"
         error_file = r.run_dir / "error.txt"
-        if not force and (r.run_dir / "summary.json").exists():
+        if not force and _finished(r.run_dir):
             log(f"{tag}: done before, skipped")
             continue
         resume = not force and checkpoint.exists(r.run_dir)
         try:
             prepare_run_dir(r.run_dir, resume=resume, force=not resume)
             error_file.unlink(missing_ok=True)
-            summary = run(r.spec, r.run_dir, resume=resume)
+            extra = callbacks(r.spec, r.run_dir) if callbacks else None
+            summary = run(r.spec, r.run_dir, resume=resume, callbacks=extra)
         except Interrupted:
             raise
         except Exception as exc:
@@ -194,6 +198,15 @@ def run_all(
             continue
         how = "resumed, " if resume else ""
         log(f"{tag}: {how}best {summary['best']:.6g} after {summary['evaluations']} evaluations")
+
+
+def _finished(run_dir: Path) -> bool:
+    """A run that ended (a signal's stop also writes summary.json, with the results so far)."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return summary.get("stop_reason") not in SIGNAL_REASONS
 
 
 def collect(runs: Sequence[BenchRun], target: float | None = None) -> list[Row]:
@@ -231,7 +244,8 @@ def collect(runs: Sequence[BenchRun], target: float | None = None) -> list[Row]:
 def evals_to_target(metrics: Path, target: float, sense: Sense) -> int | None:
     """Evaluations at the first generation whose best-so-far reaches `target` (None: never)."""
     for record in _records(metrics):
-        if not better(target, record["best_so_far"], sense):
+        so_far = record["best_so_far"]  # null while every value so far was non-finite
+        if so_far is not None and not math.isnan(so_far) and not better(target, so_far, sense):
             return int(record["evaluations"])
     return None
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -24,6 +25,10 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML: sections
 SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", help="override: section.key=value (sections algo, problem, run); repeatable"),
+]
+TrackOpt = Annotated[
+    str | None,
+    typer.Option(help="experiment trackers, comma-separated: tensorboard,mlflow,wandb,trackio (run.track)"),
 ]
 
 
@@ -44,6 +49,7 @@ def run(
     actors: Annotated[int | None, typer.Option(help="evaluate on N Ray actors (run.actors)")] = None,
     ray_address: Annotated[str | None, typer.Option(help="join a Ray cluster: 'auto' or host:port")] = None,
     gpus_per_actor: Annotated[float | None, typer.Option(help="GPUs per Ray actor")] = None,
+    track: TrackOpt = None,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
 ) -> None:
     """Search: ask, evaluate, tell, one JSON line per generation in RUN_DIR/metrics.jsonl."""
@@ -58,6 +64,7 @@ def run(
         ("run.actors", actors),
         ("run.ray_address", ray_address),
         ("run.gpus_per_actor", gpus_per_actor),
+        ("run.track", track),
     ):
         if value is not None:
             overrides.append(f"{key}={value}")
@@ -80,16 +87,22 @@ def _run(spec: object, out: Path, *, resume: bool, force: bool, quiet: bool) -> 
     from gfo.loop import Interrupted, prepare_run_dir
     from gfo.loop import run as run_loop
     from gfo.progress import ProgressBar
+    from gfo.tracking import callbacks as tracking
 
     console = Console(stderr=True)
+    # Before the run directory is touched: a tracker that is not installed is a one-line error.
+    trackers = tracking(spec, out, log=lambda line: console.print(line, soft_wrap=True, markup=False))
     prepare_run_dir(out, resume=resume, force=force)
     bar = ProgressBar(console)
+    callbacks = [*trackers, *([] if quiet else [bar])]
     try:
-        summary = run_loop(spec, out, resume=resume, callbacks=[] if quiet else [bar])  # type: ignore[arg-type]
+        summary = run_loop(spec, out, resume=resume, callbacks=callbacks)  # type: ignore[arg-type]
     except Interrupted as exc:
         bar.close()
         # soft_wrap: the command must stay on one line to be copied, whatever the terminal width
         resume_cmd = f"gfo run --resume {shlex.quote(str(exc.run_dir))}"
+        if (exc.run_dir / "summary.json").exists():
+            console.print(f"results so far in {exc.run_dir}/summary.json", soft_wrap=True, markup=False)
         console.print(f"stopped; checkpoint saved. Resume with: {resume_cmd}", soft_wrap=True, markup=False)
         raise typer.Exit(exc.exit_code) from None
     finally:
@@ -147,6 +160,7 @@ def tune(
     space: Annotated[Path | None, typer.Option(help="TOML file changing the search space")] = None,
     pruner: Annotated[str, typer.Option(help="median (stop trailing trials early) or none")] = "median",
     sampler_seed: Annotated[int | None, typer.Option(help="seed of Optuna's TPE sampler")] = None,
+    track: TrackOpt = None,
 ) -> None:
     """Tune an algorithm's hyperparameters with Optuna; trial 0 runs the defaults. See docs/tuning.md."""
     from rich.console import Console
@@ -156,15 +170,19 @@ def tune(
     from gfo.tune import TuneSettings, print_result
     from gfo.tune import tune as run_tune
 
-    spec = resolve(algo, problem, config_file=config, overrides=list(set_ or []))
+    spec = resolve(algo, problem, config_file=config, overrides=_with_track(set_, track))
     out = out or Path("runs") / f"tune-{spec.problem_name}-{spec.algorithm}"
     settings = TuneSettings(
         trials=trials, out=out, storage=storage, study=study, space_file=space, pruner=pruner,
         sampler_seed=sampler_seed,
     )  # fmt: skip
     console = Console(stderr=True)
+    trials_tracked = _tracked_group(spec, out, console)
     try:
-        result = run_tune(spec, settings, log=lambda line: console.print(line, soft_wrap=True, markup=False))
+        result = run_tune(
+            spec, settings, log=lambda line: console.print(line, soft_wrap=True, markup=False),
+            callbacks=trials_tracked,
+        )  # fmt: skip
     except (Interrupted, KeyboardInterrupt) as exc:
         console.print("stopped; the interrupted trial is marked failed. Rerun the same command to continue.")
         raise typer.Exit(getattr(exc, "exit_code", 130)) from None
@@ -175,7 +193,9 @@ def tune(
 def bench(
     algos: Annotated[str, typer.Option(help="comma-separated algorithms, e.g. es,pgpe,cmaes")],
     problem: ProblemOpt = None,
-    seeds: Annotated[int, typer.Option(help="seeds per algorithm: run.seed, run.seed + 1, ...")] = 5,
+    seeds: Annotated[
+        int | None, typer.Option(help="seeds per algorithm: run.seed, run.seed + 1, ... (default 5)")
+    ] = None,
     budget_evals: Annotated[int | None, typer.Option(help="evaluations per run (a fair budget)")] = None,
     generations: Annotated[int | None, typer.Option(help="generations per run (run.generations)")] = None,
     target: Annotated[float | None, typer.Option(help="report evaluations to reach this fitness")] = None,
@@ -183,30 +203,139 @@ def bench(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     force: Annotated[bool, typer.Option(help="rerun every run, even completed ones")] = False,
+    track: TrackOpt = None,
+    suite: Annotated[
+        str | None, typer.Option(help="a suite instead of --problem: bbob (COCO's 24 functions)")
+    ] = None,
+    functions: Annotated[str | None, typer.Option(help="--suite: function ids, e.g. 1-24 or 1,8,15")] = None,
+    dims: Annotated[str | None, typer.Option(help="--suite: dimensions, e.g. 2,5,10,20")] = None,
+    instances: Annotated[str | None, typer.Option(help="--suite: instances (the seeds), e.g. 1-5")] = None,
+    budget: Annotated[float | None, typer.Option(help="--suite: evaluations per dimension, e.g. 1e4")] = None,
 ) -> None:
-    """Every algorithm x seed on one problem and budget: results.csv, summary.md, curves.png."""
+    """Every algorithm x seed on one problem and budget: results.csv, summary.md, curves.png.
+    With --suite bbob: every algorithm on COCO's functions, in COCO's data format, with cocopp's ECDFs."""
     from rich.console import Console
 
     from gfo import bench as b
     from gfo.loop import Interrupted
     from gfo.spec import resolve
 
+    if suite is not None or any(v is not None for v in (functions, dims, instances, budget)):
+        refused = (problem, seeds, budget_evals, generations, target, config, set_, track)
+        _bench_suite(suite, algos, functions, dims, instances, budget, out, force, refused)
+        return
+    seeds = 5 if seeds is None else seeds
     names = b.parse_algos(algos)
     if out is None:  # the problem may come from --config
-        first = resolve(names[0], problem, config_file=config, overrides=list(set_ or []))
+        first = resolve(names[0], problem, config_file=config, overrides=_with_track(set_, track))
         out = Path("runs") / f"bench-{first.problem_name}"
     runs = b.plan(
-        names, problem, seeds=seeds, out=out, config_file=config, overrides=list(set_ or []),
+        names, problem, seeds=seeds, out=out, config_file=config, overrides=_with_track(set_, track),
         budget_evals=budget_evals, generations=generations, force=force,
     )  # fmt: skip
     console = Console(stderr=True)
+    runs_tracked = _tracked_group(runs[0].spec, out, console)
     try:
-        b.run_all(runs, force=force, log=lambda line: console.print(line, soft_wrap=True, markup=False))
+        b.run_all(
+            runs, force=force, log=lambda line: console.print(line, soft_wrap=True, markup=False),
+            callbacks=runs_tracked,
+        )  # fmt: skip
     except (Interrupted, KeyboardInterrupt) as exc:
         console.print("stopped; checkpoint saved. Rerun the same command to continue the benchmark.")
         raise typer.Exit(getattr(exc, "exit_code", 130)) from None
     result = b.report(runs, out, target=target, budget=b.budget_text(runs[0].spec))
     b.print_result(result, Console())
+
+
+#: The options of `gfo bench` that a suite replaces, in the order `bench` passes their values.
+_NOT_WITH_SUITE: tuple[str, ...] = ("--problem", "--seeds", "--budget-evals", "--generations", "--target")
+_NOT_WITH_SUITE += ("--config", "--set", "--track")
+
+
+def _bench_suite(
+    suite: str | None,
+    algos: str,
+    functions: str | None,
+    dims: str | None,
+    instances: str | None,
+    budget: float | None,
+    out: Path | None,
+    force: bool,
+    refused: tuple[object, ...],
+) -> None:
+    """`gfo bench --suite bbob`: the grid of `gfo.coco`, checked whole before the first cell runs."""
+    from rich.console import Console
+
+    from gfo import coco
+    from gfo.registry import unknown_name
+
+    if suite is None:
+        raise GfoError("--functions, --dims, --instances and --budget go with --suite bbob")
+    if suite not in coco.SUITES:
+        raise GfoError(unknown_name("suite", suite, list(coco.SUITES)))
+    given = [name for name, value in zip(_NOT_WITH_SUITE, refused, strict=True) if value is not None]
+    if given:
+        raise GfoError(
+            f"{given[0]} does not apply with --suite {suite}: the suite sets the problems, the instances "
+            "are the seeds, --budget the evaluations per dimension"
+        )
+    grid = coco.Grid(
+        algos=coco.parse_algos(algos),
+        functions=coco.parse_ints(functions or coco.DEFAULT_FUNCTIONS, "--functions"),
+        dims=coco.parse_ints(dims or coco.DEFAULT_DIMS, "--dims"),
+        instances=coco.parse_ints(instances or coco.DEFAULT_INSTANCES, "--instances"),
+        budget=coco.DEFAULT_BUDGET if budget is None else budget,
+    )
+    out = out or Path("runs") / f"bench-{suite}"
+    cells = coco.plan(grid, out, force=force)
+    console = Console(stderr=True)
+    log = lambda line: console.print(line, soft_wrap=True, markup=False)  # noqa: E731
+    try:
+        coco.run_all(cells, grid.sigma0, force=force, log=log)
+    except KeyboardInterrupt:
+        console.print("stopped; finished cells are kept. Rerun the same command to continue the benchmark.")
+        raise typer.Exit(130) from None
+    coco.print_result(grid, coco.report(grid, cells, out), Console())
+
+
+@app.command()
+def report(
+    run_dirs: Annotated[list[Path], typer.Argument(help="run folders, or bench / tune folders of runs")],
+    out: Annotated[
+        Path | None,
+        typer.Option(help="HTML file (default RUN_DIR/report.html; for several, in their common folder)"),
+    ] = None,
+) -> None:
+    """One self-contained HTML page of curves, settings and sample completions, runs overlaid."""
+    from rich.console import Console
+
+    from gfo.report import write
+
+    path = write(run_dirs, out)
+    Console(stderr=True).print(f"report: {path} (figures also in {path.with_suffix('')}/)", soft_wrap=True)
+
+
+def _with_track(overrides: list[str] | None, track: str | None) -> list[str]:
+    return [*(overrides or []), *([f"run.track={track}"] if track is not None else [])]
+
+
+def _tracked_group(spec: Any, out: Path, console: Any) -> Callable[[Any, Path], list[Any]] | None:
+    """For `gfo tune` and `gfo bench`: each run tracked as its own run, grouped under OUT's name.
+    A missing tracker fails here, before the first run; where the trackers write is said once."""
+    from gfo.tracking import Group, callbacks, require
+
+    if not spec.run.track:
+        return None
+    require(spec.run.track)
+    group = Group(out.name, out)
+    said: list[Path] = []
+
+    def make(run_spec: Any, run_dir: Path) -> list[Any]:
+        log = None if said else (lambda line: console.print(line, soft_wrap=True, markup=False))
+        said.append(run_dir)
+        return callbacks(run_spec, run_dir, group=group, log=log)
+
+    return make
 
 
 ProblemConfigOpt = Annotated[
@@ -257,7 +386,7 @@ def eval_(
     set_: ProblemSetOpt = None,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
 ) -> None:
-    """Greedy accuracy of the model (+ adapter) on a split: OUT/eval.json and OUT/completions.jsonl."""
+    """Greedy mean reward and accuracy of the model (+ adapter) on a split: OUT/eval.json, completions."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -275,9 +404,10 @@ def eval_(
 
     def update(label: str, done: int, total: int, reward: float) -> None:
         title = f"eval {label}".strip()
-        bar.update(task, description=title, completed=done, total=total, status=f"accuracy {reward:.3f}")
+        status = f"mean reward {reward:.3f}"
+        bar.update(task, description=title, completed=done, total=total, status=status)
         if not quiet and not console.is_terminal:  # logs get a line per chunk instead of a bar
-            console.print(f"{title} {done}/{total}: accuracy {reward:.3f}")
+            console.print(f"{title} {done}/{total}: {status}")
 
     with bar:
         if compare is None:
@@ -295,11 +425,18 @@ def eval_(
             console.print(line, soft_wrap=True, highlight=False)
         console.print(f"results in {out}/", soft_wrap=True)
         return
-    console.print(
-        f"accuracy {result['accuracy']:.4f} ({result['correct']}/{result['items']} correct) on {name} "
-        f"{split}, {result['generated_tokens']} tokens in {result['wall_s']:.1f} s; results in {out}/",
-        soft_wrap=True,
+    console.print(_eval_line(result, name, split, out), soft_wrap=True, highlight=False)
+
+
+def _eval_line(result: dict, name: str, split: str, out: Path) -> str:
+    """What `gfo eval` prints: the mean reward and the accuracy (exact answers), each by its name."""
+    line = (
+        f"mean reward {result['mean_reward']:.4f}, accuracy {result['accuracy']:.4f} "
+        f"({result['correct']}/{result['items']} with reward >= 1) on {name} {split}"
     )
+    if result.get("nonfinite_rewards"):
+        line += f" ({result['nonfinite_rewards']} item(s) without a reward: counted wrong, not in the mean)"
+    return f"{line}, {result['generated_tokens']} tokens in {result['wall_s']:.1f} s; results in {out}/"
 
 
 def _compare_table(result: dict, name: str, split: str) -> list[str]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gfo.errors import ConfigError
+from gfo.registry import TRACKERS, unknown_name
 
 SECTIONS = ("algo", "problem", "run")
 
@@ -34,6 +35,11 @@ class RunConfig:
     )
     gpus_per_actor: float = field(default=0.0, metadata={"help": "GPUs reserved per Ray actor"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    # None rather than (): the config.toml of an untracked run stays as it was before trackers existed.
+    track: tuple[str, ...] | None = field(
+        default=None,
+        metadata={"help": "experiment trackers: tensorboard, mlflow, wandb, trackio (docs/tracking.md)"},
+    )
 
     def __post_init__(self) -> None:
         if self.generations < 1:
@@ -46,6 +52,12 @@ class RunConfig:
             raise ConfigError(f"run.actors must be >= 0; got {self.actors}")
         if self.gpus_per_actor < 0:
             raise ConfigError(f"run.gpus_per_actor must be >= 0; got {self.gpus_per_actor}")
+        track = self.track or ()
+        for name in track:
+            if name not in TRACKERS.names():
+                raise ConfigError(unknown_name("tracker", name, TRACKERS.names()) + " in run.track")
+        if len(set(track)) != len(track):
+            raise ConfigError(f"run.track names a tracker twice ({','.join(track)}); give each once")
 
 
 def build(cls: type, values: dict[str, Any], section: str) -> Any:
@@ -162,6 +174,14 @@ def to_dict(config: Any) -> dict[str, Any]:
             continue
         out[f.name] = list(value) if isinstance(value, tuple) else value
     return out
+
+
+def plain_values(config: Any) -> dict[str, Any]:
+    """Every field of a dataclass config, None included, tuples as lists (what a checkpoint can hold)."""
+    return {
+        f.name: list(value) if isinstance(value := getattr(config, f.name), tuple) else value
+        for f in dataclasses.fields(config)
+    }
 
 
 def describe_fields(cls: type) -> list[tuple[str, str, str]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -9,6 +10,7 @@ import resource
 import shutil
 import signal
 import statistics
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -16,18 +18,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import psutil
 import torch
 from safetensors.torch import save as save_safetensors
 
-from gfo import checkpoint
+from gfo import checkpoint, strictjson
 from gfo.algorithms import Algorithm, SearchSpec
+from gfo.config import plain_values
 from gfo.errors import GfoError
-from gfo.problem import Context, Evaluation, Problem, better
+from gfo.problem import Context, Evaluation, Problem, Sense, better
 from gfo.registry import ALGORITHMS, PROBLEMS
 from gfo.spec import RunSpec
 
 RUN_FILES = ("config.toml", "metrics.jsonl", "summary.json", checkpoint.NAME, checkpoint.PREVIOUS)
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+#: What `gfo.tracking` and `gfo report` write into a run directory (cleared with it by --force).
+TRACKED = ("tracking.json", "report.html")
+TRACKED_DIRS = ("tb", "mlflow", "wandb", "report")
+#: `stop_reason` of a run stopped by a first Ctrl-C or SIGTERM (a resumable stop, not an end).
+SIGNAL_REASONS = frozenset(sig.name for sig in EXIT_CODES)
+#: Keys of a metrics.jsonl line that differ between two runs of the same search: times and memory.
+VOLATILE = frozenset({"wall_s", "eval_s", "rss_mb", "peak_rss_mb"})
 
 
 class Interrupted(Exception):
@@ -77,6 +88,10 @@ class Callback:
     def on_end(self, summary: dict[str, Any]) -> None:
         pass
 
+    def on_abort(self, error: BaseException) -> None:
+        """The run stopped without `on_end` (a signal, a pruned trial, an error; `error` says which):
+        release what `on_start` opened. Called even if `on_start` was not reached."""
+
 
 @dataclass
 class _State:
@@ -91,8 +106,13 @@ class _State:
     heldout_solution: torch.Tensor | None = None
     heldout_generation: int = -1  # -1 with a heldout_best: the initial centre
     heldout_initial: float = math.nan  # the initial centre's held-out score, before generation 0
+    # The last generation's best while its held-out scores are owed (its generation was no multiple
+    # of eval_every and not the last): a run that stops there still scores it (`_score_owed`).
+    last_candidate: torch.Tensor | None = None
     nonfinite: int = 0
     counters: dict[str, float] = field(default_factory=dict)
+    # Settings a resume changed: {"generation": first one run with it, "setting", "from", "to"}.
+    changes: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -115,7 +135,9 @@ def prepare_run_dir(out: Path, *, resume: bool, force: bool) -> None:
     if existing:
         for name in (*RUN_FILES, checkpoint.CORRUPT, "best.safetensors", "curve.png", "samples.jsonl"):
             (out / name).unlink(missing_ok=True)
-        for sub in ("export", "adapter"):
+        for name in TRACKED:
+            (out / name).unlink(missing_ok=True)
+        for sub in ("export", "adapter", *TRACKED_DIRS):
             shutil.rmtree(out / sub, ignore_errors=True)
     if out.exists() and not out.is_dir():
         raise GfoError(f"--out {out} is a file, not a directory; pick another --out")
@@ -133,21 +155,36 @@ def run(
     callbacks: list[Callback] | None = None,
     make_evaluator: Callable[[Problem, RunSpec], Evaluator] | None = None,
 ) -> dict[str, Any]:
-    """Run (or continue) a search; returns the summary also written to `summary.json`."""
+    """Run (or continue) a search; returns the summary also written to `summary.json`.
+
+    However the run ends (`run.generations`, `run.max_evaluations`, `run.target`, or a first
+    SIGINT/SIGTERM), its last centre and best are scored on held-out data before the summary and
+    the export are written. A signal then raises `Interrupted`, with the checkpoint saved.
+    """
     callbacks = callbacks or []
+    try:
+        return _run(spec, out, resume, callbacks, make_evaluator)
+    except BaseException as exc:
+        for cb in callbacks:
+            try:
+                getattr(cb, "on_abort", lambda error: None)(exc)  # duck-typed callbacks may lack it
+            except Exception as problem:  # the original error is the one to report
+                warnings.warn(f"{type(cb).__name__}.on_abort failed: {problem}", stacklevel=2)
+        raise
+
+
+def _run(
+    spec: RunSpec,
+    out: Path,
+    resume: bool,
+    callbacks: list[Callback],
+    make_evaluator: Callable[[Problem, RunSpec], Evaluator] | None,
+) -> dict[str, Any]:
     problem: Problem = PROBLEMS.get(spec.problem_name)(spec.problem)
+    algorithm_class = ALGORITHMS.get(spec.algorithm)
     saved = checkpoint.load(out) if resume and checkpoint.exists(out) else None
-    if saved and saved["fingerprint"] != (current := _fingerprint(spec, problem)):
-        was = saved["fingerprint"]
-        changed = ", ".join(
-            f"{k} {was.get(k)!r} -> {current.get(k)!r}"
-            for k in sorted(set(was) | set(current))
-            if was.get(k) != current.get(k)
-        )
-        raise GfoError(
-            f"{out} holds a run of another problem or algorithm ({changed}); resume it without the "
-            "--algo/--problem/--set that change these, or start a new --out"
-        )
+    if saved:
+        _check_fingerprint(out, saved["fingerprint"], _fingerprint(spec, problem, algorithm_class))
     stop = _SignalStop()
     with stop:
         # The evaluator prepares the problem (loads a model) before the search space is asked for.
@@ -157,21 +194,34 @@ def run(
             search = SearchSpec(
                 problem.sense, problem.solution_length, center, problem.initial_stdev, problem.default_popsize
             )
-            algorithm: Algorithm = ALGORITHMS.get(spec.algorithm)(spec.algo, search, spec.run.seed)
+            algorithm: Algorithm = algorithm_class(spec.algo, search, spec.run.seed)
             state = _State()
+            changed: dict[str, tuple[Any, Any]] = {}
             if saved:
                 algorithm.load_state_dict(saved["algorithm"])
                 state = _State(**saved["loop"])
+                changed = _changed_settings(saved.get("settings"), _settings(spec))
+                state.changes += [
+                    {"generation": state.generation, "setting": k, "from": a, "to": b}
+                    for k, (a, b) in changed.items()
+                ]
+            start = state.generation
             _truncate_metrics(out / "metrics.jsonl", state.generation)
             # Only now: a problem that fails to prepare (a wrong model path) leaves no run behind that
             # a corrected command would then refuse to overwrite.
             checkpoint.atomic_write(out / "config.toml", spec.to_toml().encode())
             for cb in callbacks:
                 cb.on_start(spec, problem, algorithm, state.generation)
-            reason = _loop(spec, problem, algorithm, evaluator, state, out, callbacks, stop)
+            reason = _loop(spec, problem, algorithm, evaluator, state, out, callbacks, stop, changed)
+            if reason in SIGNAL_REASONS and state.generation == start:
+                # Stopped before a generation of its own: nothing changed, the files stay as they are.
+                raise Interrupted(stop.signum or signal.SIGINT, out)
+            final, heldout_final = _score_owed(state, algorithm, evaluator, problem.sense)
         finally:
             evaluator.close()
-    summary = _finish(spec, problem, state, out, reason)
+        summary = _finish(spec, problem, final, out, reason, heldout_final)
+    if reason in SIGNAL_REASONS:
+        raise Interrupted(stop.signum or signal.SIGINT, out)
     for cb in callbacks:
         cb.on_end(summary)
     return summary
@@ -187,8 +237,77 @@ def _default_evaluator(problem: Problem, spec: RunSpec) -> Evaluator:
     return LocalEvaluator(problem)
 
 
-def _fingerprint(spec: RunSpec, problem: Problem) -> dict[str, Any]:
-    return {"problem": spec.problem_name, "algorithm": spec.algorithm, **problem.fingerprint()}
+def _fingerprint(spec: RunSpec, problem: Problem, algorithm_class: type[Algorithm]) -> dict[str, Any]:
+    """What a checkpoint must agree with to be resumed: the problem's structure and `state_settings`
+    (`Problem.fingerprint`), the algorithm's `state_settings`, and the seed (the algorithm's random
+    generator is in the checkpoint, while mini-batches are drawn from the seed: a new one would be
+    half applied)."""
+    algo = plain_values(spec.algo)
+    return {
+        "problem": spec.problem_name,
+        "algorithm": spec.algorithm,
+        **problem.fingerprint(),
+        "run.seed": spec.run.seed,
+        **{f"algo.{key}": algo[key] for key in algorithm_class.state_settings},
+    }
+
+
+def _check_fingerprint(out: Path, was: dict[str, Any], now: dict[str, Any]) -> None:
+    # A key the checkpoint lacks predates the code that records it: it cannot be checked.
+    changed = [k for k in sorted(set(was) | set(now)) if k in was and was[k] != now.get(k)]
+    structure = [k for k in changed if "." not in k]
+    if structure:
+        detail = ", ".join(f"{k} {was.get(k)!r} -> {now.get(k)!r}" for k in structure)
+        raise GfoError(
+            f"{out} holds a run of another problem or algorithm ({detail}); resume it without the "
+            "--algo/--problem/--set that change these, or start a new --out"
+        )
+    if changed:
+        one = len(changed) == 1
+        raise GfoError(
+            f"{out} was started with {', '.join(f'{k}={_show(was[k])}' for k in changed)}; a resume "
+            f"cannot change {'it' if one else 'them'} to {', '.join(_show(now.get(k)) for k in changed)} "
+            "(the checkpoint holds the state it set up); resume without that change, or start a new --out"
+        )
+
+
+def _show(value: Any) -> str:
+    """A setting as `--set` spells it."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def _settings(spec: RunSpec) -> dict[str, Any]:
+    """`algo.*` and `problem.*` as plain values; the checkpoint keeps them to tell what a resume changed."""
+    return {
+        **{f"algo.{k}": v for k, v in plain_values(spec.algo).items()},
+        **{f"problem.{k}": v for k, v in plain_values(spec.problem).items()},
+    }
+
+
+def _changed_settings(was: dict[str, Any] | None, now: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Settings a resume changes (none of them a fingerprint key, which `_check_fingerprint` refused):
+    they take effect from the resumed generation on, recorded in metrics.jsonl (`changed`) and
+    summary.json (`changes`)."""
+    if not was:  # a checkpoint older than this record
+        return {}
+    return {k: (was[k], v) for k, v in now.items() if k in was and was[k] != v}
+
+
+def _end_reason(run_cfg: Any, generation: int, evaluations: int, best: float, sense: Sense) -> str | None:
+    """Why the run ends after `generation` generations, if it does."""
+    if generation >= run_cfg.generations:
+        return "generations"
+    if run_cfg.max_evaluations is not None and evaluations >= run_cfg.max_evaluations:
+        return "max_evaluations"
+    if run_cfg.target is not None and not math.isnan(best) and not better(run_cfg.target, best, sense):
+        return "target"
+    return None
 
 
 def _loop(
@@ -200,22 +319,18 @@ def _loop(
     out: Path,
     callbacks: list[Callback],
     stop: _SignalStop,
+    changed: dict[str, tuple[Any, Any]],
 ) -> str:
+    """Generations until the run ends or a signal asks it to stop; returns the reason."""
     sense = problem.sense
     every = problem.heldout_every()
     run_cfg = spec.run
     while True:
-        if state.generation >= run_cfg.generations:
-            return "generations"
-        if run_cfg.max_evaluations is not None and state.evaluations >= run_cfg.max_evaluations:
-            return "max_evaluations"
-        if (
-            run_cfg.target is not None
-            and not math.isnan(state.best)
-            and not better(run_cfg.target, state.best, sense)
-        ):
-            return "target"
-        stop.check(out)
+        reason = _end_reason(run_cfg, state.generation, state.evaluations, state.best, sense)
+        if reason is not None:
+            return reason
+        if stop.signum is not None:
+            return signal.Signals(stop.signum).name
         started = time.perf_counter()
         g = state.generation
         initial: dict[str, float] = {}
@@ -228,26 +343,29 @@ def _loop(
         population = algorithm.ask()
         result = evaluator.evaluate(population, Context(generation=g, seed=run_cfg.seed))
         eval_s = time.perf_counter() - started
-        fitness = _sanitize(result.fitness, sense, state, g)
+        raw = result.fitness.detach().to(torch.float64).reshape(-1)
+        fitness = _sanitize(raw, sense, state, g)
         steps = algorithm.tell(population, fitness)
 
         idx = int(fitness.argmin() if sense == "min" else fitness.argmax())
         # Sanitized values rank below every finite one, so idx is finite unless all were non-finite:
-        # then nothing was learned and a placeholder value must not become the best-so-far.
-        any_finite = bool(torch.isfinite(result.fitness.detach().reshape(-1)[idx]))
-        if any_finite and (math.isnan(state.best) or better(float(fitness[idx]), state.best, sense)):
-            state.best, state.best_solution = float(fitness[idx]), population[idx].clone()
+        # then nothing was learned and a placeholder value must not become the best-so-far. The
+        # statistics are over the finite values only, with their count.
+        finite = raw[torch.isfinite(raw)].tolist()
+        if finite and (math.isnan(state.best) or better(float(raw[idx]), state.best, sense)):
+            state.best, state.best_solution = float(raw[idx]), population[idx].clone()
         state.evaluations += len(population)
-        values = fitness.tolist() if any_finite else [math.nan] * len(fitness)
         record: dict[str, Any] = {
             "generation": g,
             "evaluations": state.evaluations,
             "wall_s": 0.0,
             "eval_s": round(eval_s, 4),
-            "best": values[idx],
-            "mean": statistics.fmean(values),
-            "median": statistics.median(values),
-            "worst": max(values) if sense == "min" else min(values),
+            "best": float(raw[idx]) if finite else math.nan,
+            "mean": statistics.fmean(finite) if finite else math.nan,
+            "median": statistics.median(finite) if finite else math.nan,
+            "worst": (max(finite) if sense == "min" else min(finite)) if finite else math.nan,
+            "finite": len(finite),
+            "nonfinite": len(raw) - len(finite),
             "best_so_far": state.best,
             **steps,
             **initial,
@@ -261,18 +379,22 @@ def _loop(
             record[f"{key}_total"] = state.counters[key]
         if state.nonfinite:
             record["nonfinite_total"] = state.nonfinite
-        last = g + 1 >= run_cfg.generations
-        if every and ((g + 1) % every == 0 or last):
+        if changed:  # the first generation run with settings a resume changed
+            record["changed"] = {k: [a, b] for k, (a, b) in changed.items()}
+            changed = {}
+        ending = _end_reason(run_cfg, g + 1, state.evaluations, state.best, sense)
+        if every and ((g + 1) % every == 0 or ending is not None):
             candidates = torch.stack([algorithm.center(), population[idx]])
             scores = evaluator.evaluate_heldout(candidates).tolist()
             record["heldout"] = {"center": scores[0], "best": scores[1]}
-            for score, solution in zip(scores, candidates, strict=True):
-                if math.isnan(state.heldout_best) or better(score, state.heldout_best, sense):
-                    state.heldout_best, state.heldout_solution = score, solution.clone()
-                    state.heldout_generation = g
+            _keep_heldout(state, scores, candidates, g, sense)
+            state.last_candidate = None
+        elif every:
+            state.last_candidate = population[idx].clone()
         state.generation = g + 1
         state.wall_s += time.perf_counter() - started
         record["wall_s"] = round(state.wall_s, 3)
+        record.update(_memory_mb())
         if result.samples:
             _append_jsonl(out / "samples.jsonl", [{"generation": g, **s} for s in result.samples])
         _append_jsonl(out / "metrics.jsonl", [record])
@@ -281,16 +403,50 @@ def _loop(
             {
                 "algorithm": algorithm.state_dict(),
                 "loop": state.to_dict(),
-                "fingerprint": _fingerprint(spec, problem),
+                "fingerprint": _fingerprint(spec, problem, type(algorithm)),
+                "settings": _settings(spec),
             },
         )
         for cb in callbacks:
             cb.on_generation(record)
 
 
+def _keep_heldout(
+    state: _State, scores: list[float], candidates: torch.Tensor, generation: int, sense: Sense
+) -> None:
+    for score, solution in zip(scores, candidates, strict=True):
+        if math.isnan(state.heldout_best) or better(score, state.heldout_best, sense):
+            state.heldout_best, state.heldout_solution = score, solution.clone()
+            state.heldout_generation = generation
+
+
+def _score_owed(
+    state: _State, algorithm: Algorithm, evaluator: Evaluator, sense: Sense
+) -> tuple[_State, dict[str, Any] | None]:
+    """The last generation's centre and best on held-out data, if no held-out evaluation followed it
+    (a run stopped by a signal between two `eval_every`s): for the summary and the export only. The
+    checkpoint keeps the state without them, so a resume continues as if the run was never stopped."""
+    if state.last_candidate is None:
+        return state, None
+    final = dataclasses.replace(state)
+    generation = state.generation - 1
+    candidates = torch.stack([algorithm.center(), state.last_candidate])
+    scores = evaluator.evaluate_heldout(candidates).tolist()
+    _keep_heldout(final, scores, candidates, generation, sense)
+    return final, {"generation": generation, "center": scores[0], "best": scores[1]}
+
+
+def _memory_mb() -> dict[str, float]:
+    """Resident memory now (`rss_mb`) and the process's peak so far (`peak_rss_mb`), in MiB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    peak_mb = peak / 2**20 if sys.platform == "darwin" else peak / 1024
+    rss_mb = psutil.Process().memory_info().rss / 2**20
+    return {"rss_mb": round(rss_mb, 1), "peak_rss_mb": round(max(peak_mb, rss_mb), 1)}  # ru_maxrss may lag
+
+
 def _sanitize(fitness: torch.Tensor, sense: str, state: _State, generation: int) -> torch.Tensor:
     """NaN / inf become strictly worse than the worst finite value, so they never steer the search."""
-    fitness = fitness.detach().to(torch.float64).reshape(-1)
+    fitness = fitness.detach().to(torch.float64).reshape(-1).clone()  # the caller keeps the raw values
     bad = ~torch.isfinite(fitness)
     if not bad.any():
         return fitness
@@ -310,7 +466,15 @@ def _sanitize(fitness: torch.Tensor, sense: str, state: _State, generation: int)
     return fitness
 
 
-def _finish(spec: RunSpec, problem: Problem, state: _State, out: Path, reason: str) -> dict[str, Any]:
+def _finish(
+    spec: RunSpec,
+    problem: Problem,
+    state: _State,
+    out: Path,
+    reason: str,
+    heldout_final: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """best.safetensors, the export, summary.json and curve.png: at the end, and at a signal's stop."""
     # With held-out scores, the best on held-out data is kept (ESSA's "keep the best on validation");
     # otherwise the best candidate ever evaluated.
     use_heldout = state.heldout_solution is not None
@@ -334,13 +498,16 @@ def _finish(spec: RunSpec, problem: Problem, state: _State, out: Path, reason: s
         "heldout_initial": None if math.isnan(state.heldout_initial) else state.heldout_initial,
         "heldout_best": None if not use_heldout else state.heldout_best,
         "heldout_generation": None if not use_heldout else state.heldout_generation,
+        # scores of the last generation not in metrics.jsonl (a stop between two held-out evaluations)
+        "heldout_final": heldout_final,
         "nonfinite": state.nonfinite,
         "counters": state.counters,
+        "changes": state.changes,
         "exported": str(exported.relative_to(out)) if exported else None,
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": _memory_mb()["peak_rss_mb"],
         **problem.describe(),
     }
-    checkpoint.atomic_write(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+    checkpoint.atomic_write(out / "summary.json", (strictjson.dumps(summary, indent=2) + "\n").encode())
     try:
         from gfo.plots import plot_run
 
@@ -353,7 +520,7 @@ def _finish(spec: RunSpec, problem: Problem, state: _State, out: Path, reason: s
 def _append_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
     with path.open("a") as fh:
         for r in records:
-            fh.write(json.dumps(r) + "\n")
+            fh.write(strictjson.dumps(r) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
 

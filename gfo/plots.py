@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,18 @@ def _pyplot() -> Any:
     return plt
 
 
+def _none_to_nan(obj: dict[str, Any]) -> dict[str, Any]:
+    return {k: math.nan if v is None else v for k, v in obj.items()}
+
+
 def plot_run(run_dir: Path) -> Path:
     """`curve.png`: population best / mean and best-so-far against evaluations, held-out points if any."""
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    # Non-finite numbers are null in the file; matplotlib leaves NaN out of a line.
+    records = [
+        json.loads(line, object_hook=_none_to_nan)
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+        if line
+    ]
     summary = json.loads((run_dir / "summary.json").read_text())
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
@@ -33,6 +43,7 @@ def plot_run(run_dir: Path) -> Path:
         ax.plot([e for e, _ in held], [h["center"] for _, h in held], "o-", label="held-out (centre)")
         ax.plot([e for e, _ in held], [h["best"] for _, h in held], "s--", label="held-out (gen. best)")
     values = [r[k] for r in records for k in ("best", "mean")]
+    values = [v for v in values if math.isfinite(v)]
     if summary["sense"] == "min" and values and min(values) > 0:
         ax.set_yscale("log")
     ax.set_xlabel("evaluations (candidates scored)")

@@ -8,6 +8,8 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
+from gfo.config import plain_values
+
 Sense = Literal["min", "max"]
 
 
@@ -69,6 +71,10 @@ class Problem:
     #: Population size used when the algorithm's `popsize` is not set (None: the algorithm's own
     #: rule, e.g. 4 + 3 ln n). Problems whose evaluations are expensive suggest a small one.
     default_popsize: int | None = None
+    #: Config keys whose effect lives in a checkpoint (the initial centre and spread, which the
+    #: search distribution has replaced after generation 0): a resume refuses to change them,
+    #: since the loaded state would silently override the new value.
+    state_settings: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -101,8 +107,14 @@ class Problem:
         return {"solution_length": self.solution_length, "sense": self.sense}
 
     def fingerprint(self) -> dict[str, Any]:
-        """What must match for a run directory to be resumed with this problem."""
-        return {"class": f"{type(self).__module__}:{type(self).__qualname__}", "dim": self.solution_length}
+        """What must match for a run directory to be resumed with this problem: its class, dimension
+        and the `state_settings` (as `problem.KEY`)."""
+        values = plain_values(self.config) if self.state_settings else {}
+        return {
+            "class": f"{type(self).__module__}:{type(self).__qualname__}",
+            "dim": self.solution_length,
+            **{f"problem.{key}": values[key] for key in self.state_settings},
+        }
 
 
 def better(a: float, b: float, sense: Sense) -> bool:

@@ -85,9 +85,21 @@ PROBLEMS = Registry(
         "rastrigin": "problems.benchmarks:Rastrigin",
         "rosenbrock": "problems.benchmarks:Rosenbrock",
         "ellipsoid": "problems.benchmarks:Ellipsoid",
+        "bbob": "problems.bbob:BBOB",
         "gsm8k": "problems.gsm8k:Problem",
         "arithmetic": "problems.arithmetic:Problem",
         "countdown": "problems.countdown:Problem",
         "instruct": "problems.instruct:Problem",
+    },
+)
+
+#: Experiment trackers for `run.track` (`gfo.tracking`); each imports its package only when used.
+TRACKERS = Registry(
+    "tracker",
+    {
+        "tensorboard": "gfo.tracking._tensorboard:TensorBoard",
+        "mlflow": "gfo.tracking._mlflow:MLflow",
+        "wandb": "gfo.tracking._wandb:WandB",
+        "trackio": "gfo.tracking._trackio:Trackio",
     },
 )

@@ -399,11 +399,13 @@ def tune(
     settings: TuneSettings,
     *,
     log: Callable[[str], None] = print,
+    callbacks: Callable[[RunSpec, Path], list[Callback]] | None = None,
 ) -> TuneResult:
     """Run trials until the study holds `settings.trials` finished ones; write best.toml and trials.csv.
 
     Semantics of `trials`: the total for the study, not for this call. A rerun (or a second process
     on the same storage) runs only what is missing; failed trials do not count and are replaced.
+    `callbacks(spec, run_dir)` adds loop callbacks to each trial (experiment tracking).
     """
     import optuna
 
@@ -429,7 +431,7 @@ def tune(
             log(f"note: the default {d.name} = {d.default:.4g} lies outside {d.describe()}; trial 0 runs it")
     _enqueue_defaults(study, default_params)
 
-    objective = _Objective(spec, dims, settings.out, sense)
+    objective = _Objective(spec, dims, settings.out, sense, callbacks)
     ran = failures = 0
     while _fail_stale(study) or _counted(study) < settings.trials:
         try:
@@ -532,7 +534,7 @@ def _identity(spec: RunSpec, dims: list[Dimension]) -> dict[str, Any]:
         "algorithm": spec.algorithm,
         "problem_name": spec.problem_name,
         "problem": cfg.to_dict(spec.problem),
-        "run": cfg.to_dict(spec.run),
+        "run": {k: v for k, v in cfg.to_dict(spec.run).items() if k != "track"},  # observing is no setting
         "fixed_algo": {k: v for k, v in cfg.to_dict(spec.algo).items() if k not in searched},
     }
 
@@ -589,8 +591,16 @@ def _counted(study: Any, *, running: bool = True) -> int:
 class _Objective:
     """One trial: sample, run in `OUT/trial-NNNN/`, return the held-out (else final) best."""
 
-    def __init__(self, spec: RunSpec, dims: list[Dimension], out: Path, sense: Sense) -> None:
+    def __init__(
+        self,
+        spec: RunSpec,
+        dims: list[Dimension],
+        out: Path,
+        sense: Sense,
+        callbacks: Callable[[RunSpec, Path], list[Callback]] | None = None,
+    ) -> None:
         self.spec, self.dims, self.out, self.sense = spec, dims, out, sense
+        self.callbacks = callbacks
         self.number = -1  # the trial running or last run in this process
 
     def __call__(self, trial: Any) -> float:
@@ -604,7 +614,9 @@ class _Objective:
         try:
             spec = dataclasses.replace(self.spec, algo=dataclasses.replace(self.spec.algo, **params))
             prepare_run_dir(run_dir, resume=False, force=True)
-            summary = run(spec, run_dir, callbacks=[Pruning(trial, self.sense, prune=not is_defaults)])
+            extra = self.callbacks(spec, run_dir) if self.callbacks else []
+            pruning = Pruning(trial, self.sense, prune=not is_defaults)
+            summary = run(spec, run_dir, callbacks=[*extra, pruning])  # trackers see the pruned generation
         except optuna.TrialPruned:
             raise
         except Exception as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from gfo.errors import ConfigError
@@ -75,6 +76,13 @@ class LLMConfig:
         },
     )
     system_prompt: str | None = field(default=None, metadata={"help": "system message before each prompt"})
+    reward_timeout_s: float | None = field(
+        default=60.0,
+        metadata={
+            "help": "seconds one reward call (a candidate's completions) may take; a call that raises, "
+            "times out or returns no finite number per completion gives that candidate NaN (none: no limit)"
+        },
+    )
     backend: str = field(
         default="transformers", metadata={"help": "transformers (batched per-row LoRA) or vllm"}
     )
@@ -131,6 +139,11 @@ class LLMConfig:
             raise ConfigError(f"problem.eval_every must be >= 0 (0 disables); got {self.eval_every}")
         if self.stdev <= 0:
             raise ConfigError(f"problem.stdev must be > 0; got {self.stdev}")
+        if self.reward_timeout_s is not None and not 0 < self.reward_timeout_s < math.inf:
+            raise ConfigError(
+                f"problem.reward_timeout_s must be a number of seconds > 0; got {self.reward_timeout_s}, "
+                "use e.g. 60, or none for no limit"
+            )
         if not self.target_modules:
             raise ConfigError("problem.target_modules is empty; use e.g. q_proj,v_proj")
 

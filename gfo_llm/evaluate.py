@@ -1,4 +1,9 @@
-"""Accuracy of a model, or of a model plus a PEFT adapter, on a task split (`gfo eval`).
+"""Mean reward and accuracy of a model, or of a model plus a PEFT adapter, on a task split (`gfo eval`).
+
+Two numbers, named as what they are: `mean_reward` (the task's reward averaged over the items, what
+a search maximizes and its held-out scores report) and `accuracy` (`correct / items`, an item being
+correct when its reward is >= 1: an exact answer). With partial credit (`problem.format_bonus`,
+the fraction of instructions followed) the two differ; with 0/1 rewards they agree.
 
 The items go through the same path as the search's held-out evaluation (`LLMProblem.score`: the
 task's prompt in the chat template, greedy decoding with the batched engine, the task's reward), so
@@ -22,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gfo import strictjson
 from gfo.checkpoint import atomic_write
 from gfo.errors import GfoError
 from gfo.registry import PROBLEMS
@@ -97,7 +103,7 @@ def evaluate(
     chunk_size: int | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Greedy accuracy (mean reward) of the model, or model + `adapter`, on a split of a task.
+    """Greedy mean reward and accuracy (exact answers) of the model, or model + `adapter`, on a split.
 
     `adapter` defaults to `config.init_adapter`; `limit` keeps the split's first items after the
     first `offset` (fresh items past those a search's held-out evaluation used). Items are
@@ -254,27 +260,34 @@ def _evaluate(
     # The continuous engine refills freed rows from its queue: bigger chunks keep its batch full.
     chunk = chunk_size or config.row_budget * (4 if config.engine == "continuous" else 1)
     records: list[dict[str, Any]] = []
-    rewards = 0.0
+    rewards = 0.0  # over the items whose reward is a number (a failed reward is NaN: see LLMProblem)
+    scored = 0
     generate_started = time.perf_counter()
     for start in range(0, len(examples), chunk):
         part = examples[start : start + chunk]
         _, items = problem.score(center, part)
         for i, (item, example) in enumerate(zip(items, part, strict=True)):
             records.append({"index": offset + start + i, **item, "example": dict(example)})
-            rewards += float(item["reward"])
+            if math.isfinite(reward := float(item["reward"])):
+                rewards, scored = rewards + reward, scored + 1
         if progress is not None:
-            progress(len(records), len(examples), rewards / len(records))
+            progress(len(records), len(examples), rewards / scored if scored else math.nan)
     generate_s = time.perf_counter() - generate_started
 
     tokens = sum(int(r["tokens"]) for r in records)
+    correct = sum(1 for r in records if r["reward"] >= 1.0)
     summary: dict[str, Any] = {
         "problem": problem_name,
         "task": problem.task.name,
         "split": split,
         "offset": offset,
         "items": len(records),
-        "accuracy": rewards / len(records),
-        "correct": sum(1 for r in records if r["reward"] >= 1.0),
+        "mean_reward": rewards / scored if scored else math.nan,
+        "accuracy": correct / len(records),
+        "correct": correct,
+        "correct_when": "reward >= 1",
+        # items whose reward failed (raised, timed out, not a number): wrong, and not in mean_reward
+        "nonfinite_rewards": len(records) - scored,
         "adapter": adapter,
         "adapter_rank": config.rank if adapter else None,
         "model": problem.model_id,
@@ -307,8 +320,8 @@ def write_results(
     except OSError as exc:
         raise GfoError(f"cannot create {out}: {exc.strerror}; pick another --out") from None
     for name, rows in {COMPLETIONS: records, **extra}.items():
-        atomic_write(out / name, "".join(json.dumps(r, default=str) + "\n" for r in rows).encode())
+        atomic_write(out / name, "".join(strictjson.dumps(r, default=str) + "\n" for r in rows).encode())
     for name in (COMPLETIONS_B, PAIRS):
         if name not in extra:
             (out / name).unlink(missing_ok=True)
-    atomic_write(out / RESULT, (json.dumps(summary, indent=2) + "\n").encode())
+    atomic_write(out / RESULT, (strictjson.dumps(summary, indent=2) + "\n").encode())

@@ -7,7 +7,10 @@ a fresh one, both derived from `(seed, generation)` so that workers agree withou
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import threading
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -27,6 +30,9 @@ class LLMProblem(Problem):
     sense: ClassVar[Sense] = "max"
     Config: ClassVar[type] = LLMConfig
     task_class: ClassVar[type[Task]]
+    # The initial spread, and the start the search space is built around (its basis: a PiSSA or a
+    # random init, or the warm-start adapter), are in the checkpoint: a resume refuses to change them.
+    state_settings: ClassVar[tuple[str, ...]] = ("stdev", "init", "init_adapter")
     # 8 candidates x 8 prompts (problem.batch_size) = 64 rows: one batched generate call per
     # generation (problem.row_budget), about 2.5 min at 96 tokens on a 2-core CPU. On a GPU use
     # --popsize 32 to 96 and problem.batch_size 32 to 100 (ESSA's values).
@@ -52,6 +58,7 @@ class LLMProblem(Problem):
         self.config: LLMConfig = config
         self.task = self.task_class(config)
         self.initial_stdev = config.stdev
+        self.reward_failures = 0  # reward calls that raised, hung or returned no number per completion
         self._ready = False
 
     # ------------------------------------------------------------------ setup
@@ -133,8 +140,13 @@ class LLMProblem(Problem):
         batch = self.minibatch(context)
         prompts = self.prompts(batch)
         result = self.engine.generate(population, prompts, self.config.max_new_tokens, self.task.stop)
+        failures = self.reward_failures
+        where = f"in generation {context.generation}"
         rewards = torch.tensor(
-            [self.task.reward(result.completions[c], batch) for c in range(len(population))],
+            [
+                self.rewards(result.completions[c], batch, f"candidate {c} {where}")
+                for c in range(len(population))
+            ],
             dtype=torch.float64,
         )
         fitness = rewards.mean(dim=1)
@@ -151,6 +163,9 @@ class LLMProblem(Problem):
             }
             for i in range(min(SAMPLES_PER_GENERATION, len(prompts)))
         ]
+        counters = {"generated_tokens": float(result.total_tokens), "completions": float(rewards.numel())}
+        if self.reward_failures > failures:
+            counters["reward_failures"] = float(self.reward_failures - failures)
         return Evaluation(
             fitness=fitness,
             info={
@@ -161,7 +176,7 @@ class LLMProblem(Problem):
                     [sum(t) / len(t) for t in result.num_tokens], dtype=torch.float64
                 ),
             },
-            counters={"generated_tokens": float(result.total_tokens), "completions": float(rewards.numel())},
+            counters=counters,
             samples=samples,
         )
 
@@ -178,7 +193,10 @@ class LLMProblem(Problem):
         self.prepare()
         prompts = self.prompts(examples)
         result = self.engine.generate(solutions, prompts, self.config.max_new_tokens, self.task.stop)
-        rewards = [self.task.reward(result.completions[c], examples) for c in range(len(solutions))]
+        rewards = [
+            self.rewards(result.completions[c], examples, f"solution {c} on {len(examples)} scored item(s)")
+            for c in range(len(solutions))
+        ]
         records = [
             {"prompt": p, "completion": text, "reward": r, "tokens": n, "finished": done}
             for p, text, r, n, done in zip(
@@ -191,6 +209,19 @@ class LLMProblem(Problem):
             )
         ]
         return torch.tensor([sum(r) / len(r) for r in rewards], dtype=torch.float64), records
+
+    def rewards(self, completions: Sequence[str], examples: Sequence[Example], where: str) -> list[float]:
+        """The task's rewards of one candidate's completions, NaN where the reward failed (see
+        `guarded_reward`); each failure is a warning naming the task, the candidate and the item."""
+        rewards, problem = guarded_reward(self.task, completions, examples, self.config.reward_timeout_s)
+        if problem is not None:
+            self.reward_failures += 1
+            warnings.warn(
+                f"{self.task.name}: the reward of {where} {problem}; that candidate gets NaN "
+                f"({self.reward_failures} reward failure(s) so far)",
+                stacklevel=2,
+            )
+        return rewards
 
     # ------------------------------------------------------------------ results
 
@@ -231,3 +262,97 @@ class LLMProblem(Problem):
             "alpha": c.alpha,
             "target_modules": list(c.target_modules),
         }
+
+
+# ---------------------------------------------------------------------- rewards we do not control
+
+
+def guarded_reward(
+    task: Task, completions: Sequence[str], examples: Sequence[Example], timeout_s: float | None
+) -> tuple[list[float], str | None]:
+    """`task.reward(completions, examples)` as one float per completion, and what went wrong (None:
+    nothing).
+
+    A task may be third-party code. A reward that raises, returns the wrong number of values or
+    something that is not a number, or takes longer than `timeout_s` seconds, gives every completion
+    NaN; a non-finite value becomes NaN where it is. Either way the candidate's fitness is NaN, which
+    the loop counts and ranks last, and the run goes on. With a time limit the call runs in a daemon
+    thread (no signal: `signal.alarm` works on the main thread only, and Ray actors evaluate
+    elsewhere). A hung pure-Python reward cannot be killed: its thread is abandoned and may keep a
+    core busy until the process exits.
+    """
+    n = len(completions)
+    nan = [math.nan] * n
+    try:
+        returned = _call(task.reward, completions, examples, timeout_s)
+    except TimeoutError:
+        return nan, f"took more than {timeout_s:g} s on {_items(n)} (the call was abandoned)"
+    except Exception as exc:
+        culprit = _culprit(task, completions, examples, timeout_s)
+        return nan, f"raised {type(exc).__name__}: {exc} on {culprit}"
+    try:
+        values = [float(v) for v in returned]
+    except (TypeError, ValueError):
+        return nan, f"returned {_short(returned)}, not one number per completion, on {_items(n)}"
+    if len(values) != n:
+        return nan, f"returned {len(values)} value(s) for {n} completion(s)"
+    bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
+    if bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        fixed = [math.nan if i in bad else v for i, v in enumerate(values)]
+        return fixed, f"returned {values[bad[0]]} on {_item(bad[0], examples)}{more}"
+    return values, None
+
+
+def _call(
+    reward: Callable[[Sequence[str], Sequence[Example]], Any],
+    completions: Sequence[str],
+    examples: Sequence[Example],
+    timeout_s: float | None,
+) -> Any:
+    if timeout_s is None:
+        return reward(completions, examples)
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def target() -> None:
+        try:
+            box["value"] = reward(completions, examples)
+        except Exception as exc:
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=target, name="gfo-reward", daemon=True).start()
+    if not done.wait(timeout_s):
+        raise TimeoutError
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def _culprit(
+    task: Task, completions: Sequence[str], examples: Sequence[Example], timeout_s: float | None
+) -> str:
+    """The item a raising reward fails on: each is retried alone (rewards are pure functions)."""
+    for i, (completion, example) in enumerate(zip(completions, examples, strict=True)):
+        try:
+            _call(task.reward, [completion], [example], timeout_s)
+        except TimeoutError:
+            break
+        except Exception:
+            return _item(i, examples)
+    return _items(len(completions))
+
+
+def _item(i: int, examples: Sequence[Example]) -> str:
+    return f"item {i} of the batch {_short(examples[i])}"
+
+
+def _items(n: int) -> str:
+    return f"the batch of {n} item(s)"
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(dict(value) if isinstance(value, dict) else value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

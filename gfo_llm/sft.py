@@ -14,7 +14,6 @@ starts the search from it, `gfo eval --adapter OUT/adapter` measures it.
 
 from __future__ import annotations
 
-import json
 import math
 import tempfile
 import time
@@ -23,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+from gfo import strictjson
 from gfo.checkpoint import atomic_write
 from gfo.errors import ConfigError, GfoError
 from gfo.registry import PROBLEMS
@@ -204,5 +204,5 @@ def sft(
         "system_prompt": config.system_prompt,
         "wall_s": round(time.perf_counter() - started, 3),
     }
-    atomic_write(out / RESULT, (json.dumps(summary, indent=2) + "\n").encode())
+    atomic_write(out / RESULT, (strictjson.dumps(summary, indent=2) + "\n").encode())
     return summary

@@ -34,6 +34,7 @@ class FunctionConfig:
 class TestFunction(Problem):
     sense: ClassVar[Sense] = "min"
     Config: ClassVar[type] = FunctionConfig
+    state_settings: ClassVar[tuple[str, ...]] = ("center", "stdev")
 
     def __init__(self, config: FunctionConfig) -> None:
         super().__init__(config)

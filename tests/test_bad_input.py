@@ -42,6 +42,7 @@ class Case:
 
 SPHERE = "run --algo pgpe --problem sphere"
 FINGERPRINT_HINT = "resume it without the --algo/--problem/--set that change these, or start a new --out"
+STATE_HINT = "(the checkpoint holds the state it set up); resume without that change, or start a new --out"
 
 CASES = [
     # ---- names
@@ -239,6 +240,16 @@ CASES = [
         + FINGERPRINT_HINT,
     ),
     Case(
+        "--resume with another initial spread",
+        "run --resume run1 --set algo.stdev_init=0.5",
+        f"error: run1 was started with algo.stdev_init=none; a resume cannot change it to 0.5 {STATE_HINT}",
+    ),
+    Case(
+        "--resume with another seed",
+        "run --resume run1 --seed 3",
+        f"error: run1 was started with run.seed=0; a resume cannot change it to 3 {STATE_HINT}",
+    ),
+    Case(
         "--resume and another --out",
         "run --resume run1 --out other",
         "error: --out other and --resume run1 differ; give only --resume",
@@ -256,6 +267,12 @@ CASES = [
         "error: config file badconfig/config.toml is not valid TOML: …",
     ),
     # ---- the LLM side
+    Case(
+        "reward time limit of 0",
+        "run --algo pgpe --problem arithmetic --set problem.reward_timeout_s=0",
+        "error: problem.reward_timeout_s must be a number of seconds > 0; got 0.0, use e.g. 60, "
+        "or none for no limit",
+    ),
     Case(
         "model path that does not exist",
         "run --algo pgpe --problem gsm8k --set problem.model=/nonexistent",
@@ -569,7 +586,7 @@ def test_all_non_finite_generations_record_nothing_as_best(poisoned: tuple[str, 
     rows, summary, _, _ = run_poisoned(
         poisoned[1], "cmaes", tmp_path / "run", "run.generations=6", "run.target=1e-9"
     )
-    assert [math.isnan(r["best"]) and math.isnan(r["best_so_far"]) for r in rows[:2]] == [True, True]
+    assert [r["best"] is None and r["best_so_far"] is None for r in rows[:2]] == [True, True]  # NaN: null
     assert summary["stop_reason"] == "generations" and len(rows) == 6
     assert all(math.isfinite(r["best_so_far"]) and r["best_so_far"] > 0 for r in rows[2:])
 

@@ -10,12 +10,14 @@ import json
 import math
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 import torch
+from test_run_record import every_written_file_is_strict_json, rows_of
 
 from gfo.loop import prepare_run_dir, run
 from gfo.problem import Context
@@ -275,3 +277,147 @@ def test_a_non_finite_candidate_gets_nan_fitness(text_problem: LLMProblem) -> No
     assert math.isfinite(result.fitness[0].item())
     assert torch.isnan(result.fitness[1:]).all()
     assert result.samples[0]["candidate"] == 0
+
+
+# ------------------------------------------------------------------ rewards we do not control
+
+RELEASE = threading.Event()  # set at the end of a test: lets the abandoned "hung" reward threads end
+
+
+class FakeTask:
+    """Just what `guarded_reward` uses of a task."""
+
+    name = "fake-task"
+
+    def __init__(self, reward: Any) -> None:
+        self.reward = reward
+
+
+def hangs(completions: Sequence[str], examples: Sequence[Any]) -> list[float]:
+    RELEASE.wait(60)
+    return [1.0] * len(completions)
+
+
+def raises_on_item_1(completions: Sequence[str], examples: Sequence[Any]) -> list[float]:
+    return [1.0 / (e["i"] != 1) for e in examples]  # ZeroDivisionError whenever item 1 is in the batch
+
+
+EXAMPLES = [{"i": 0}, {"i": 1}, {"i": 2}]
+NAN = math.nan
+
+
+@pytest.mark.parametrize(
+    ("reward", "rewards", "problem"),
+    [
+        (lambda c, e: [0.5, 0.0, 1.0], [0.5, 0.0, 1.0], None),
+        (
+            raises_on_item_1,
+            [NAN] * 3,
+            "raised ZeroDivisionError: float division by zero on item 1 of the batch {'i': 1}",
+        ),
+        (hangs, [NAN] * 3, "took more than 0.2 s on the batch of 3 item(s) (the call was abandoned)"),
+        (
+            lambda c, e: [1.0, NAN, math.inf],
+            [1.0, NAN, NAN],
+            "returned nan on item 1 of the batch {'i': 1} (and 1 more)",
+        ),
+        (lambda c, e: [1.0], [NAN] * 3, "returned 1 value(s) for 3 completion(s)"),
+        (
+            lambda c, e: [None, 1.0, 1.0],
+            [NAN] * 3,
+            "returned [None, 1.0, 1.0], not one number per completion, on the batch of 3 item(s)",
+        ),
+        (
+            lambda c, e: 1.0,
+            [NAN] * 3,
+            "returned 1.0, not one number per completion, on the batch of 3 item(s)",
+        ),
+    ],
+    ids=["fine", "raises", "hangs", "non-finite", "too-short", "not-numbers", "not-a-list"],
+)
+def test_a_failing_reward_gives_nan_and_says_where(
+    reward: Any, rewards: list[float], problem: str | None
+) -> None:
+    """Off the main thread too (Ray actors, a thread pool): no signal is involved."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gfo_llm.problem import guarded_reward
+
+    RELEASE.clear()
+    try:
+        for call in (guarded_reward, lambda *a: ThreadPoolExecutor(1).submit(guarded_reward, *a).result()):
+            got, said = call(FakeTask(reward), ["a", "b", "c"], EXAMPLES, 0.2)
+            assert said == problem
+            assert [("nan" if math.isnan(v) else v) for v in got] == [
+                ("nan" if math.isnan(v) else v) for v in rewards
+            ]
+    finally:
+        RELEASE.set()
+
+
+class FlakyTask(TextTask):
+    """TextTask, except for the batch calls `PLAN` names (1-based, counting calls of 2+ items):
+    it raises (on one item), hangs, returns NaN for one item or returns too few values."""
+
+    name: ClassVar[str] = "flaky-reward"
+    PLAN: ClassVar[dict[int, str]] = {2: "raise", 3: "hang", 4: "nan", 8: "short"}
+    calls: ClassVar[int] = 0
+    poisoned: ClassVar[str | None] = None
+
+    def reward(self, completions: Sequence[str], examples: Sequence[Any]) -> list[float]:
+        if len(completions) > 1:
+            FlakyTask.calls += 1
+            plan = self.PLAN.get(FlakyTask.calls)
+            FlakyTask.poisoned = examples[1]["expression"] if plan == "raise" else None
+            if plan == "hang":
+                RELEASE.wait(60)
+            if plan == "nan":
+                return [math.nan, *super().reward(completions, examples)[1:]]
+            if plan == "short":
+                return super().reward(completions, examples)[:1]
+        if any(e["expression"] == FlakyTask.poisoned for e in examples):
+            raise ValueError(f"cannot parse {FlakyTask.poisoned!r}")
+        return super().reward(completions, examples)
+
+
+def test_a_run_survives_a_reward_that_raises_hangs_or_returns_garbage(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Calls: 1 the initial held-out score; 2-5 generation 0's candidates (3 of 4 fail); 6-7 its
+    held-out scores; 8-11 generation 1's candidates (the first fails)."""
+    from gfo.registry import PROBLEMS
+
+    if "test-flaky-reward" not in PROBLEMS.names():
+        PROBLEMS.register("test-flaky-reward", LLMProblem.for_task(FlakyTask))
+    FlakyTask.calls, FlakyTask.poisoned = 0, None
+    RELEASE.clear()
+    try:
+        with pytest.warns(UserWarning) as caught:
+            summary = run_tiny(
+                tmp_path, "pgpe", "test-flaky-reward", tiny_model_dir,
+                "problem.eval_every=1", "problem.reward_timeout_s=0.3",
+            )  # fmt: skip
+    finally:
+        RELEASE.set()
+    said = [str(w.message) for w in caught if "flaky-reward: " in str(w.message)]
+    assert len(said) == 4, said
+    assert said[0].startswith("flaky-reward: the reward of candidate 0 in generation 0 raised ValueError: ")
+    assert " on item 1 of the batch {'expression': " in said[0]
+    assert said[1].startswith("flaky-reward: the reward of candidate 1 in generation 0 took more than 0.3 s")
+    assert said[2].startswith(
+        "flaky-reward: the reward of candidate 2 in generation 0 returned nan on item 0"
+    )
+    assert said[3].startswith("flaky-reward: the reward of candidate 0 in generation 1 returned 1 value(s)")
+    assert all(
+        s.endswith(f"that candidate gets NaN ({i} reward failure(s) so far)") for i, s in enumerate(said, 1)
+    )
+    # The run went on, counted each failure, and kept the good candidates.
+    assert summary["stop_reason"] == "generations" and summary["generations"] == 2
+    rows = rows_of(tmp_path)
+    assert [(r["finite"], r["nonfinite"], r["reward_failures"]) for r in rows] == [
+        (1, 3, 1.0 * 3),
+        (3, 1, 1.0),
+    ]
+    assert summary["counters"]["reward_failures"] == 4 and summary["nonfinite"] == 4
+    assert rows[0]["best"] is not None and summary["heldout_best"] is not None
+    assert every_written_file_is_strict_json(tmp_path) >= 4  # metrics, samples, summary, adapter config

@@ -21,7 +21,7 @@ import torch
 ray = pytest.importorskip("ray")
 
 from gfo.errors import GfoError  # noqa: E402
-from gfo.loop import Callback, LocalEvaluator, run  # noqa: E402
+from gfo.loop import VOLATILE, Callback, LocalEvaluator, run  # noqa: E402
 from gfo.parallel import RayEvaluator, _check_reachable, _join, _slices  # noqa: E402
 from gfo.problem import Context, Evaluation  # noqa: E402
 from gfo.registry import PROBLEMS  # noqa: E402
@@ -29,7 +29,7 @@ from gfo.spec import RunSpec, resolve  # noqa: E402
 from problems.arithmetic import Arithmetic  # noqa: E402
 from problems.benchmarks import FunctionConfig, Sphere  # noqa: E402
 
-TIMING = {"wall_s", "eval_s"}
+TIMING = VOLATILE  # times and memory
 
 
 # ---------------------------------------------------------------- test-only problems

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from gfo.errors import ConfigError
 from gfo.problem import Context, Problem
 from gfo.registry import PROBLEMS
 from problems.benchmarks import Ellipsoid, FunctionConfig, Rastrigin, Rosenbrock, Sphere
@@ -60,8 +61,14 @@ def test_ellipsoid_matches_pycma() -> None:
 
 
 def test_config_validation() -> None:
-    with pytest.raises(Exception, match="dim must be >= 1"):
+    with pytest.raises(ConfigError, match=r"^problem\.dim must be >= 1; got 0$"):
         FunctionConfig(dim=0)
-    with pytest.raises(Exception, match="stdev must be > 0"):
-        FunctionConfig(stdev=-1)
-    assert math.isfinite(FunctionConfig().center)
+    for stdev in (-1.0, 0.0, math.nan):
+        with pytest.raises(ConfigError, match=r"^problem\.stdev must be > 0; got "):
+            FunctionConfig(stdev=stdev)
+    for center in (math.inf, -math.inf, math.nan):
+        with pytest.raises(ConfigError, match=rf"^problem\.center must be finite; got {center}$"):
+            FunctionConfig(center=center)
+    # what is accepted is used: the centre and spread the search starts from
+    problem = Sphere(FunctionConfig(dim=3, center=-1.5, stdev=0.25))
+    assert problem.initial_center().tolist() == [-1.5] * 3 and problem.initial_stdev == 0.25

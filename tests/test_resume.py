@@ -30,7 +30,7 @@ from gfo.spec import resolve
 
 ALGOS = ALGORITHMS.names()
 ROOT = Path(__file__).resolve().parents[1]
-TIMING = {"wall_s", "eval_s", "peak_rss_mb"}
+TIMING = loop.VOLATILE  # times and memory
 # Slow enough per generation (tens of ms) to be killed mid-generation, cheap enough to redo.
 KILLABLE = ["--problem", "rosenbrock", "--set", "problem.dim=2000", "--popsize", "20"]
 
@@ -240,6 +240,69 @@ def test_kill_before_the_first_checkpoint_starts_over(references: dict[str, Path
     resume_here(out, 12, callbacks=[started])
     assert started.generation == 0
     assert_same_results(references["snes"], out)
+
+
+# ---------------------------------------------------------------- settings changed on resume
+
+
+@pytest.mark.parametrize(
+    ("algo", "change", "was"),
+    [
+        ("pgpe", "algo.stdev_init=0.5", "none"),  # the initial sigma: the checkpoint's distribution wins
+        ("es", "algo.center_learning_rate=0.01", "none"),  # Adam's step size is in its saved state
+        ("cmaes", "problem.stdev=0.5", "2.0"),  # the problem's initial spread, when stdev_init is unset
+        ("snes", "run.seed=3", "0"),  # the RNG is in the checkpoint, mini-batches follow the seed
+    ],
+)
+def test_a_resume_refuses_a_setting_the_checkpoint_would_override(
+    algo: str,
+    change: str,
+    was: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Applied, the loaded state would silently undo it while config.toml claimed it: refused, in one
+    line naming the setting and both values, and nothing in the folder changes."""
+    from gfo import cli
+
+    out = tmp_path / "run"
+    run_here(out, algo, 3)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    key, _, new = change.partition("=")
+    monkeypatch.setattr(
+        sys, "argv", ["gfo", "run", "--resume", str(out), "--generations", "5", "--set", change]
+    )
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: {out} was started with {key}={was}; a resume cannot change it to {new} (the checkpoint "
+        "holds the state it set up); resume without that change, or start a new --out"
+    ]
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+def test_a_resume_applies_other_settings_and_records_where_they_changed(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    run_here(out, "pgpe", 3, "algo.popsize=8")
+    overrides = ["run.generations=5", "algo.popsize=12", "algo.momentum=0.5"]
+    spec = resolve(None, None, overrides=overrides, base=read_toml(out / "config.toml"))
+    loop.prepare_run_dir(out, resume=True, force=False)
+    summary = loop.run(spec, out, resume=True)
+    rows = metrics(out)
+    assert [r["evaluations"] for r in rows] == [8, 16, 24, 36, 48]  # applied from generation 3 on
+    assert [g for g, r in enumerate(rows) if "changed" in r] == [3]
+    assert rows[3]["changed"] == {"algo.popsize": [8, 12], "algo.momentum": [0.9, 0.5]}
+    changes = [
+        {"generation": 3, "setting": "algo.popsize", "from": 8, "to": 12},
+        {"generation": 3, "setting": "algo.momentum", "from": 0.9, "to": 0.5},
+    ]
+    assert summary["changes"] == changes
+    assert read_toml(out / "config.toml")["algo"]["popsize"] == 12
+    resume_here(out, 7)  # a further resume without changes keeps the record as it is
+    assert json.loads((out / "summary.json").read_text())["changes"] == changes
+    assert [g for g, r in enumerate(metrics(out)) if "changed" in r] == [3]
 
 
 # ---------------------------------------------------------------- a real process, SIGKILL

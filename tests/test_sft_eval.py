@@ -139,6 +139,7 @@ def run_and_evals(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
         "eval", "--problem", TEXT_PROBLEM, "--limit", "4", "--out", str(root / "base"), "--quiet", *common
     )
     assert code == 0, err
+    (root / "base.stderr").write_text(err)  # what the user read
     return {"run": root / "run", "adapter": root / "adapter", "base": root / "base"}
 
 
@@ -156,11 +157,11 @@ def test_exported_adapter_reproduces_the_run_in_peft(
     # The held-out score of eval.json is the task's reward of the PEFT completions ...
     examples = [r["example"] for r in records]
     rewards = TextTask(ArithmeticConfig()).reward(peft_texts, examples)
-    assert result["accuracy"] == pytest.approx(sum(rewards) / 4, abs=1e-12)
+    assert result["mean_reward"] == pytest.approx(sum(rewards) / 4, abs=1e-12)
     # ... and the score the run gave the exported solution on the same held-out items.
     summary = json.loads((run / "summary.json").read_text())
     assert summary["selected_by"] == "heldout"
-    assert result["accuracy"] == pytest.approx(summary["heldout_best"], abs=1e-12)
+    assert result["mean_reward"] == pytest.approx(summary["heldout_best"], abs=1e-12)
     # The adapter changes the model: the comparison is not between two copies of the base model.
     base = read_jsonl(run_and_evals["base"] / "completions.jsonl")
     assert [r["completion"] for r in base] != peft_texts
@@ -179,7 +180,7 @@ def test_eval_of_the_base_model_is_plain_transformers(
     assert records[0]["prompt"].endswith(
         f"<|im_start|>user\n{task.prompt(records[0]['example'])}<|im_end|>\n<|im_start|>assistant\n"
     )
-    assert result["accuracy"] == pytest.approx(sum(r["reward"] for r in records) / 4, abs=1e-12)
+    assert result["mean_reward"] == pytest.approx(sum(r["reward"] for r in records) / 4, abs=1e-12)
     assert result["generated_tokens"] == sum(r["tokens"] for r in records)
     assert result["capped_fraction"] == sum(not r["finished"] for r in records) / 4
 
@@ -194,7 +195,61 @@ def test_eval_library_chunks_give_the_same_result(
     )
     assert seen == [(3, 4), (4, 4)]
     whole = json.loads((run_and_evals["base"] / "eval.json").read_text())
-    assert result["accuracy"] == whole["accuracy"]
+    assert (result["mean_reward"], result["accuracy"]) == (whole["mean_reward"], whole["accuracy"])
+
+
+def test_eval_reports_the_mean_reward_and_the_accuracy_each_by_its_name(
+    run_and_evals: dict[str, Path],
+) -> None:
+    """With partial credit (TextTask's rewards lie in [0, 1)) the two differ: the accuracy counts exact
+    answers (reward >= 1), as `correct/items` and `--compare` do, and the mean reward averages."""
+    records = read_jsonl(run_and_evals["base"] / "completions.jsonl")
+    result = json.loads((run_and_evals["base"] / "eval.json").read_text())
+    rewards = [r["reward"] for r in records]
+    correct = sum(r >= 1 for r in rewards)
+    assert result["correct"] == correct and result["accuracy"] == correct / 4
+    assert result["correct_when"] == "reward >= 1"
+    assert result["mean_reward"] == pytest.approx(sum(rewards) / 4, abs=1e-12)
+    assert result["mean_reward"] != result["accuracy"], "rewards without partial credit: a weak check"
+    assert result["nonfinite_rewards"] == 0
+    line = (run_and_evals["base"].with_suffix(".stderr")).read_text().strip().splitlines()[-1]
+    assert line.startswith(
+        f"mean reward {result['mean_reward']:.4f}, accuracy {result['accuracy']:.4f} ({correct}/4 with "
+        f"reward >= 1) on {TEXT_PROBLEM} test, "
+    ), line
+
+
+class BrokenItemTask(TextTask):
+    """TextTask whose reward raises on the test split's second item."""
+
+    name: ClassVar[str] = "broken-item-reward"
+
+    def reward(self, completions: Sequence[str], examples: Sequence[Any]) -> list[float]:
+        second = self.examples("test")[1]
+        if any(e["expression"] == second["expression"] for e in examples):
+            raise KeyError("answer")
+        return super().reward(completions, examples)
+
+
+def test_eval_with_a_failing_reward_counts_the_item_wrong_and_keeps_the_mean_honest(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from test_run_record import every_written_file_is_strict_json
+
+    if "test-eval-broken-item" not in PROBLEMS.names():
+        PROBLEMS.register("test-eval-broken-item", LLMProblem.for_task(BrokenItemTask))
+    config = LLMProblem.for_task(BrokenItemTask).Config(
+        model=str(tiny_model_dir), dtype="fp32", max_new_tokens=8
+    )
+    with pytest.warns(UserWarning, match=r"broken-item-reward: the reward of solution 0 .* on item 1 of"):
+        result = evaluate("test-eval-broken-item", config, limit=4, chunk_size=2, out=tmp_path)
+    assert every_written_file_is_strict_json(tmp_path) == 2  # eval.json, completions.jsonl
+    records = read_jsonl(tmp_path / "completions.jsonl")
+    # The reward is one call per chunk: the chunk holding item 1 (items 0 and 1) has no rewards.
+    assert [r["reward"] is None for r in records] == [True, True, False, False]
+    assert result["nonfinite_rewards"] == 2 and result["items"] == 4
+    assert result["mean_reward"] == pytest.approx((records[2]["reward"] + records[3]["reward"]) / 2)
+    assert result["accuracy"] == sum(r["reward"] is not None and r["reward"] >= 1 for r in records) / 4
 
 
 def test_eval_refuses_bad_input(tmp_path: Path) -> None:

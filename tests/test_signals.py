@@ -3,6 +3,7 @@ resume hint and exit code 130/143; a second Ctrl-C exits at once and leaves a re
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from pathlib import Path
@@ -57,7 +58,11 @@ def test_sigint_and_sigterm_stop_at_a_safe_point_and_resume(tmp_path: Path) -> N
         assert f"stopped; checkpoint saved. Resume with: gfo run --resume {out}\n" in log, log
         # a safe point: the generation in flight was finished and checkpointed, nothing is lost
         assert checkpoint_generation(out) == complete_lines(out) >= 3
-        assert not (out / "summary.json").exists()
+        # the results so far, marked as a stop (a resume rewrites them when the run ends)
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["stop_reason"] == sig.name and summary["generations"] == complete_lines(out)
+        assert (out / "best.safetensors").exists()
+        assert f"results so far in {out}/summary.json\n" in log
     # Resume both (in process, as `gfo run --resume` does: test_resume resumes real processes)
     # and compare with a run never stopped.
     generations = max(checkpoint_generation(out) for out in outs.values()) + 3

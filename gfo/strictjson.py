@@ -1,0 +1,29 @@
+"""JSON that every parser reads: non-finite numbers are written as null.
+
+Python's `json` writes NaN and infinity as the bare words `NaN` and `Infinity`, which are not JSON
+(RFC 8259, section 6) and which strict parsers (jq, JavaScript's `JSON.parse`, Go, Rust's serde)
+refuse. Every file gfo writes goes through `dumps`; a reader gets `null` where a number is not
+finite and finds how many there were next to it (`nonfinite` counts in metrics and summaries).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+
+def finite(value: Any) -> Any:
+    """`value` with every non-finite float (at any depth of dicts, lists and tuples) replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
+
+
+def dumps(value: Any, **kwargs: Any) -> str:
+    """`json.dumps` of `finite(value)`; `allow_nan=False` makes a missed non-finite number an error."""
+    return json.dumps(finite(value), allow_nan=False, **kwargs)
