@@ -19,9 +19,8 @@ JSON (`--json`), and a PNG of held-out accuracy against training completions nex
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -51,22 +50,20 @@ class Recipe:
     generated: bool = True  # a task with a data_seed (arithmetic, instruct); GSM8K is not
 
 
+# SFT on worked references (one line per operation) gives the start; PGPE then searches the SVD
+# of that adapter (ESSA). Spread 0.1: the SFT adapter's singular values are 0.07 to 0.7.
+ARITHMETIC = Recipe(
+    task="arithmetic",
+    generations=28,
+    problem={"max_new_tokens": 64},
+    search={"batch_size": 32, "eval_every": 5, "eval_limit": 64, "stdev": 0.1, "algo.max_speed": 0.3},
+)
+
 RECIPES = {
-    # SFT on worked references (one line per operation) gives the start; PGPE then searches the
-    # SVD of that adapter (ESSA). Spread 0.1: the SFT adapter's singular values are 0.07 to 0.7.
-    "arithmetic": Recipe(
-        task="arithmetic",
-        generations=28,
-        problem={"max_new_tokens": 64},
-        search={"batch_size": 32, "eval_every": 5, "eval_limit": 64, "stdev": 0.1, "algo.max_speed": 0.3},
-    ),
+    "arithmetic": ARITHMETIC,
     # `make run`: the arithmetic recipe cut to about 20 minutes on a 2-core CPU.
-    "quickstart": Recipe(
-        task="arithmetic",
-        generations=6,
-        items=300,
-        problem={"max_new_tokens": 64},
-        search={"batch_size": 32, "eval_every": 2, "eval_limit": 64, "stdev": 0.1, "algo.max_speed": 0.3},
+    "quickstart": dataclasses.replace(
+        ARITHMETIC, generations=6, items=300, search={**ARITHMETIC.search, "eval_every": 2}
     ),
     "instruct": Recipe(
         task="instruct",
@@ -180,7 +177,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         command += ["--quiet", *offset, *common, *fresh] + (["--adapter", adapter] if adapter else [])
         eval_s += run(command, log)
         scored[name] = directory
-        print(f"{name}: accuracy {sum(correct(directory)) / len(correct(directory)):.3f} on fresh items")
+        rows = correct(directory)
+        print(f"{name}: accuracy {sum(rows) / len(rows):.3f} on fresh items")
 
     # 0. The base model on the fresh items: the "before" of everything that follows.
     score("base", None)
@@ -353,13 +351,9 @@ def dtype_of(eval_dir: Path) -> str:
 
 
 def cpu_model() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor()
-    name = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if "model name" in ln), "?")
-    flags = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
-    return f"{name}, {os.cpu_count()} cores, " + ("AVX512-BF16" if "avx512_bf16" in flags else "AVX2 only")
+    from gfo_llm.model import cpu_description
+
+    return cpu_description()
 
 
 if __name__ == "__main__":

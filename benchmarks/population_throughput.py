@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import subprocess
 import sys
 import time
@@ -251,14 +250,9 @@ def _status_kb(key: str) -> int:
 
 
 def cpu_model() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor()
-    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if "model name" in line), "?")
-    flags = next((line for line in text.splitlines() if line.startswith("flags")), "")
-    kind = "AVX512-BF16" if "avx512_bf16" in flags else "AMX" if "amx_bf16" in flags else "AVX2 only"
-    return f"{name} ({kind})"
+    from gfo_llm.model import cpu_description
+
+    return cpu_description()
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

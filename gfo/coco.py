@@ -33,8 +33,7 @@ import sys
 import time
 import traceback
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
@@ -46,6 +45,7 @@ from gfo import peers
 from gfo.checkpoint import atomic_write
 from gfo.errors import ConfigError, GfoError
 from gfo.registry import ALGORITHMS, PROBLEMS, unknown_name
+from gfo.threads import one_thread
 
 SUITES = ("bbob",)
 INSTALL_HINT = "pip install 'gfo[bbob]'"
@@ -221,21 +221,6 @@ def plan(grid: Grid, out: Path, *, force: bool = False) -> list[Cell]:
     return cells
 
 
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """Populations of 6 to 32 points in <= 40 dimensions: torch's thread pool costs more than it
-    saves (measured on 2 busy cores: EvoTorch's CMA-ES 8 ms per generation at d = 10, 0.3 ms on one
-    thread)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 class _GfoSearcher:
     """A gfo algorithm with its default hyperparameters, through its ask/tell core."""
 
@@ -302,7 +287,7 @@ def run_cell(cell: Cell, sigma0: float) -> dict[str, Any]:
     reason, error = "", ""
     started, cpu = time.perf_counter(), time.process_time()
     try:
-        with _one_thread(), warnings.catch_warnings():
+        with one_thread(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Nevergrad and pycma warn per run; the record says what happened
             searcher = _searcher(cell, problem.initial_center().double().numpy(), sigma0)
             while True:

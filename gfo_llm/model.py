@@ -70,6 +70,20 @@ def native_bf16() -> bool:
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
 
 
+def cpu_description() -> str:
+    """The CPU's model name and whether bf16 is native on it, for benchmark and learning records."""
+    import os
+    import platform
+
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        name = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if "model name" in ln), "?")
+    except OSError:
+        name = platform.processor() or "?"
+    kind = "native bf16 (AVX512-BF16/AMX)" if native_bf16() and not torch.cuda.is_available() else "AVX2 only"
+    return f"{name}, {os.cpu_count()} cores, {kind}"
+
+
 def resolve_dtype(dtype: str) -> str:
     """`"auto"` -> `"bf16"` where it is native (`native_bf16`), else `"fp32"`; other names unchanged."""
     if dtype == "auto":

@@ -21,8 +21,7 @@ import json
 import math
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from gfo.errors import GfoError
+from gfo.threads import one_thread
 
 LoRAWeights = dict[str, tuple[Tensor, Tensor]]
 INIT_METHODS = ("pissa", "random")
@@ -355,21 +355,6 @@ class LoRASpace(Space):
             b[name] = vectors[:, offset + n_a : offset + n_a + n_b].view(size, *shape_b)
             offset += n_a + n_b
         return LoRAPopulation(a=a, b=b, size=size)
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """Run small CPU SVDs on one thread.
-
-    A 576x576 SVD takes 0.06 s on one core; with two OpenMP threads on a busy 2-core machine the
-    spinning workers wait for time slices and the same SVD took 14-30 s (measured here).
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _decompose(a: Tensor, b: Tensor, alpha: float, generator: torch.Generator) -> SVDFactors:

@@ -33,7 +33,7 @@ def tiny_lm() -> tuple[Any, Any]:
 def torch_single_thread() -> Iterator[None]:
     """One torch thread for the duration of a test: tiny models gain nothing from threads, and on a
     busy machine OpenMP's spinning workers make every small op wait for a time slice (10x slower)."""
-    from gfo_llm.spaces import one_thread
+    from gfo.threads import one_thread
 
     with one_thread():
         yield

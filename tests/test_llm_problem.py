@@ -23,8 +23,8 @@ from gfo.loop import prepare_run_dir, run
 from gfo.problem import Context
 from gfo.registry import ALGORITHMS
 from gfo.spec import resolve
+from gfo.threads import one_thread
 from gfo_llm.problem import LLMProblem
-from gfo_llm.spaces import one_thread
 from problems.arithmetic import Arithmetic, ArithmeticConfig
 
 TINY = ("problem.dtype=fp32", "problem.max_new_tokens=8", "problem.batch_size=2", "problem.eval_limit=4")
