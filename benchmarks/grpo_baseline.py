@@ -74,9 +74,8 @@ def problem_config(name: str, overrides: list[str]) -> Any:
 class CountingReward:
     """The task's reward as a TRL reward function, counting completions and their tokens."""
 
-    def __init__(self, task: Any, columns: list[str]) -> None:
+    def __init__(self, task: Any) -> None:
         self.task = task
-        self.columns = columns  # the example's fields, which TRL passes back as keyword arguments
         self.completions = 0
         self.tokens = 0
         self.__name__ = f"{task.name}_reward"  # TRL logs rewards under the function's name
@@ -84,10 +83,18 @@ class CountingReward:
     def __call__(
         self, prompts: list[str], completions: list[str], completion_ids: list[list[int]], **kw: Any
     ) -> list[float | None]:
-        examples = [{c: kw[c][i] for c in self.columns} for i in range(len(completions))]
+        # TRL passes dataset columns back as keyword arguments. The example travels as one JSON
+        # string: Arrow would unify nested dicts across rows (instruct's per-instruction kwargs
+        # would each gain every other instruction's keys as None).
+        examples = [json.loads(text) for text in kw["example_json"]]
         self.completions += len(completions)
         self.tokens += sum(len(ids) for ids in completion_ids)
         return list(self.task.reward(completions, examples))
+
+
+def dataset_rows(examples: list[Any], prompts: list[str]) -> list[dict[str, str]]:
+    """GRPO's training rows: the prompt and the example, as one JSON string (see CountingReward)."""
+    return [{"example_json": json.dumps(ex), "prompt": p} for ex, p in zip(examples, prompts, strict=False)]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -140,11 +147,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     per_step = args.num_generations * args.prompts_per_step
     steps = math.ceil(args.completions / per_step)
     train = list(task.examples("train"))
-    rows = [
-        {**ex, "prompt": chat_prompt(tokenizer, task.prompt(ex), config.system_prompt)}
-        for ex in train[: steps * args.prompts_per_step]
-    ]
-    reward = CountingReward(task, [c for c in rows[0] if c != "prompt"])
+    prompts = [chat_prompt(tokenizer, task.prompt(ex), config.system_prompt) for ex in train]
+    rows = dataset_rows(train[: steps * args.prompts_per_step], prompts)
+    reward = CountingReward(task)
     grpo = GRPOConfig(
         output_dir=str(args.out / "trainer"),
         use_cpu=True,

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from transformers import GenerationConfig
 
     from gfo.registry import PROBLEMS
-    from gfo_llm.batched import _eos_ids, decode_rows
+    from gfo_llm.batched import decode_rows, eos_ids
     from gfo_llm.decode import stop_length, stop_matcher
     from gfo_llm.model import load_model
 
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     task = cls.task_class(cls.Config())
     model, tokenizer = load_model(summary["model"], summary["dtype"])
     peft = PeftModel.from_pretrained(model, summary["adapter"]).eval()
-    eos = _eos_ids(model, tokenizer)
+    eos = eos_ids(model, tokenizer)
     matcher = stop_matcher(task.stop, tokenizer)
     config = GenerationConfig(
         max_new_tokens=summary["max_new_tokens"],

@@ -124,7 +124,7 @@ class Bench:
         return run
 
     def _base(self) -> Run:
-        from gfo_llm.batched import _eos_ids
+        from gfo_llm.batched import eos_ids
         from gfo_llm.decode import greedy_decode, stop_matcher
 
         ids = self.tokenizer(self.prompts, add_special_tokens=False)["input_ids"]
@@ -136,7 +136,7 @@ class Bench:
                     self.original,
                     [ids[i % b] for i in range(p * b)],
                     select=lambda rows: None,
-                    eos=_eos_ids(self.original, self.tokenizer),
+                    eos=eos_ids(self.original, self.tokenizer),
                     max_new_tokens=tokens,
                     row_budget=self.args.row_budget,
                     stop=stop_matcher(self.task.stop, self.tokenizer),
@@ -151,7 +151,7 @@ class Bench:
         from transformers import GenerationConfig
 
         from gfo_llm.adapters import peft_model
-        from gfo_llm.batched import _eos_ids, decode_rows
+        from gfo_llm.batched import decode_rows, eos_ids
 
         names = [f"c{i}" for i in range(self.args.popsize)]
         adapters = {n: self.space.to_lora(v) for n, v in zip(names, self.population, strict=True)}
@@ -160,7 +160,7 @@ class Bench:
 
         uninstall(residual)
         wrapped = peft_model(residual, adapters)
-        eos = _eos_ids(self.model, self.tokenizer)
+        eos = eos_ids(self.model, self.tokenizer)
         b, chunk = len(self.prompts), max(1, self.args.row_budget // len(self.prompts))
 
         def run(tokens: int) -> Any:

@@ -1,11 +1,29 @@
 """Every search algorithm comes from EvoTorch; this module turns them into ask/tell.
 
-EvoTorch's class algorithms own their loop (`step()` samples, calls `problem.evaluate`, updates).
-gfo's loop must own evaluation (batching across a population, workers, checkpoints), so the adapter
-splits each `step()` at the evaluation: `ask` runs the sampling half and `tell` the update half,
-calling the very same EvoTorch code (distribution sampling and natural-gradient updates for the
-Gaussian family; the public CMA-ES update methods for `cmaes` / `sep-cmaes`). Nothing here is a
-re-implementation of an update rule.
+gfo's loop owns evaluation (batching a population, workers, checkpoints), so each algorithm is an
+`ask` (sample) and a `tell` (update) that run EvoTorch's own code. Nothing here re-implements an
+update rule, and `tests/test_algorithms.py` checks every built-in against EvoTorch's class `step()`
+for the same seed.
+
+- `pgpe`, `cem`, `es`: EvoTorch's public functional ask/tell (`evotorch.algorithms.functional`:
+  `pgpe`/`pgpe_tell`, `cem`/`cem_tell`, NamedTuple states). Two departures keep them on the class
+  algorithms' trajectory. Sampling: `pgpe_ask` / `cem_ask` draw from torch's global generator (they
+  take none) and, when symmetric, fill the noise as one block where the class fills every other row,
+  so they give other numbers for the same seed; `ask` samples instead the public distribution object
+  the class algorithm samples from (`evotorch.distributions`), from gfo's own generator: the same
+  bits as class `PGPE` / `CEM`. Adam (`es`): the functional `adam` rounds differently from the
+  `torch.optim.Adam` that class `PGPE(optimizer="adam")` runs, and a few ulps become a different
+  ranking within 50-250 generations, so `es` hands `pgpe` a custom optimizer (its documented
+  `(init, ask, tell)` form) over `evotorch.optimizers.Adam`, the optimizer class PGPE uses.
+  Result: `cem` and `es` reproduce the class trajectory bit for bit; `pgpe` (functional ClipUp,
+  which clips as `max_speed * (v / |v|)` where the class computes `v * (max_speed / |v|)`) to within
+  1.3e-6 of the centre over 300 generations (12 measured runs). The class ClipUp would be exact, but
+  its velocity, which a checkpoint must hold, is reachable only as the private `_velocity`.
+- `snes`, `xnes`, `cmaes`, `sep-cmaes`: EvoTorch has them only as classes that own their loop, so
+  the adapter splits `step()` at the evaluation and calls the same EvoTorch code for each half: the
+  public CMA-ES update methods for `cmaes` / `sep-cmaes`; for `snes` / `xnes`, distribution sampling
+  and the natural-gradient update, which EvoTorch keeps private. Every private access lives in
+  `gfo._evotorch_private`, whose docstring names the public API each one stands in for.
 """
 
 from __future__ import annotations
@@ -13,11 +31,15 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 
+from gfo._evotorch_private import cmaes_h_sig, nes_parameters, nes_sample, nes_update, set_nes_parameters
+from gfo.config import FLOAT32_MAX, STDEV_RANGE
 from gfo.errors import ConfigError
 from gfo.problem import Sense
 
@@ -88,10 +110,25 @@ class Algorithm:
 # ---------------------------------------------------------------- hyperparameters
 
 
+#: A larger population is a typo (the memory is popsize x dimension floats), not a search.
+MAX_POPSIZE = 1_000_000
+#: A full covariance (cmaes, xnes) beyond this dimension needs gigabytes per matrix and minutes per
+#: decomposition (or matrix exponential).
+MAX_FULL_COVARIANCE_DIM = 10_000
+
+
 def _positive(owner: str, **values: float | None) -> None:
     for name, value in values.items():
-        if value is not None and not value > 0:
+        if value is None:
+            continue
+        if not value > 0:
             raise ConfigError(f"algo.{name} must be > 0 for {owner}; got {value}")
+        low, high = STDEV_RANGE if name == "stdev_init" else (0.0, FLOAT32_MAX)
+        if not low <= value <= high:
+            raise ConfigError(
+                f"algo.{name} must be in [{low:g}, {high:.3g}] for {owner} (the search runs in float32); "
+                f"got {value}"
+            )
 
 
 def _check_popsize(owner: str, popsize: int | None, *, even: bool) -> None:
@@ -99,9 +136,20 @@ def _check_popsize(owner: str, popsize: int | None, *, even: bool) -> None:
         return
     if popsize < 2:
         raise ConfigError(f"algo.popsize must be >= 2 for {owner}; got {popsize}, use e.g. 16")
+    if popsize > MAX_POPSIZE:
+        raise ConfigError(f"algo.popsize must be <= {MAX_POPSIZE} for {owner}; got {popsize}, use e.g. 16")
     if even and popsize % 2:
         raise ConfigError(
             f"algo.popsize must be even for antithetic sampling in {owner}; got {popsize}, use {popsize + 1}"
+        )
+
+
+def _check_full_covariance(owner: str, n: int) -> None:
+    if n > MAX_FULL_COVARIANCE_DIM:
+        raise ConfigError(
+            f"{owner} holds n x n matrices, {4 * n * n / 1e9:.3g} GB each at dimension {n}, and factors one "
+            f"in O(n^3) every few generations; above dimension {MAX_FULL_COVARIANCE_DIM} use sep-cmaes, "
+            "snes or pgpe"
         )
 
 
@@ -186,6 +234,9 @@ class XNESConfig(NESConfig):
     popsize: int | None = field(default=None, metadata={"help": "default max(32, 4 + 3 ln n)"})
     stdev_learning_rate: float = field(default=2.0, metadata={"help": "multiplier of the paper's sigma rate"})
 
+    def check_dimension(self, n: int) -> None:
+        _check_full_covariance("xnes", n)
+
 
 @dataclass(frozen=True)
 class CEMConfig:
@@ -206,6 +257,11 @@ class CEMConfig:
         if not 0 < self.parenthood_ratio < 1:
             raise ConfigError(
                 f"algo.parenthood_ratio must be in (0, 1); got {self.parenthood_ratio}, use 0.25"
+            )
+        if self.parenthood_ratio < 2 / MAX_POPSIZE:  # the default popsize leaves 2 elites
+            raise ConfigError(
+                f"algo.parenthood_ratio must be >= {2 / MAX_POPSIZE:g} for cem (2 elites of at most "
+                f"{MAX_POPSIZE} candidates); got {self.parenthood_ratio}, use 0.25"
             )
         if self.popsize is not None and int(self.popsize * self.parenthood_ratio) < 2:
             # one elite gives a zero (then NaN) spread: the search stops for good
@@ -233,8 +289,266 @@ class CMAESConfig:
             "cmaes", stdev_init=self.stdev_init, c_sigma_ratio=self.c_sigma_ratio, c_mu_ratio=self.c_mu_ratio
         )
 
+    def check_dimension(self, n: int, owner: str) -> None:
+        """EvoTorch's CMA-ES squeezes a centre of length 1 to a scalar and refuses it; the full one
+        holds n x n float32 matrices and decomposes one in O(n^3)."""
+        if n < 2:
+            raise ConfigError(f"{owner} needs a dimension >= 2; this problem has 1, use snes or xnes for it")
+        if owner == "cmaes":
+            _check_full_covariance(owner, n)
+
+    def check_rates(self, algo: Any, owner: str) -> None:
+        """The learning rates the ratios give EvoTorch's `CMAES` `algo` in its dimension and population
+        keep the update defined: c_sigma < 2, else sqrt(c_sigma (2 - c_sigma) mu_eff) of the step-size
+        path is NaN; c_1 + c_mu <= 1 (Hansen 2016, sec. 3.4), else C loses positive definiteness and
+        its factorization fails. A ratio is refused only where it, not the default rate, breaks them
+        (EvoTorch's separable default exceeds c_1 + c_mu = 1 for large populations in few dimensions)."""
+        c_sigma, c_1, c_mu = float(algo.c_sigma), float(algo.c_1), float(algo.c_mu)
+        where = f"for dimension {algo.problem.solution_length} and popsize {int(algo.popsize)}"
+        base_sigma, base_mu = c_sigma / self.c_sigma_ratio, c_mu / self.c_mu_ratio
+        if not c_sigma < 2:
+            raise ConfigError(
+                f"algo.c_sigma_ratio={self.c_sigma_ratio:g} gives {owner} a step-size rate c_sigma = "
+                f"{c_sigma:.3g} {where}, which must be < 2; use c_sigma_ratio < {2 / base_sigma:.3g}"
+            )
+        limit = max(1.0, c_1 + base_mu) * (1 + 1e-6)  # float32 rates: 1 - c_1 + c_1 can exceed 1
+        if not c_1 + c_mu <= limit:
+            raise ConfigError(
+                f"algo.c_mu_ratio={self.c_mu_ratio:g} gives {owner} a rank-mu rate c_mu = {c_mu:.3g} "
+                f"{where}, and c_1 + c_mu = {c_1 + c_mu:.3g} must be <= {limit:.3g}; "
+                f"use c_mu_ratio <= {(limit - c_1) / base_mu:.3g}"
+            )
+
 
 # ---------------------------------------------------------------- EvoTorch adapter
+
+
+def _stdev_init(config: Any, spec: SearchSpec) -> float:
+    return float(config.stdev_init or spec.stdev)
+
+
+class _Functional(Algorithm):
+    """ES, PGPE, CEM: EvoTorch's functional update; sampling as the class algorithm samples.
+
+    `ask` fills `(popsize, n)` from the public distribution class the EvoTorch class algorithm uses,
+    with a `torch.Generator` seeded as `evotorch.Problem(seed=...)` seeds its own: same numbers."""
+
+    symmetric: ClassVar[bool] = True
+
+    def __init__(self, config: Any, spec: SearchSpec, seed: int) -> None:
+        super().__init__(config, spec, seed)
+        self._generator = torch.Generator().manual_seed(seed)
+        # float32, as EvoTorch's class algorithms hold the centre of a float32 problem
+        self._state: Any = self._init(spec.center.detach().to(torch.float32).clone())
+
+    def _init(self, center: torch.Tensor) -> Any:
+        """The functional state (`PGPEState` or `CEMState`) for the configured hyperparameters."""
+        raise NotImplementedError
+
+    def _tell(self, state: Any, population: torch.Tensor, fitness: torch.Tensor) -> Any:
+        raise NotImplementedError
+
+    def _mu(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _extra_state(self) -> dict[str, Any]:
+        """The optimizer's part of `state_dict()`."""
+        return {}
+
+    def _loaded(self, mu: torch.Tensor, sigma: torch.Tensor, state: dict[str, Any]) -> Any:
+        """The functional state with the checkpoint's centre, sigma and optimizer state."""
+        raise NotImplementedError
+
+    def ask(self) -> torch.Tensor:
+        from evotorch.distributions import SeparableGaussian, SymmetricSeparableGaussian
+
+        distribution = SymmetricSeparableGaussian if self.symmetric else SeparableGaussian
+        out = torch.empty(self.popsize, self.spec.solution_length)
+        distribution({"mu": self._mu(), "sigma": self._state.stdev}).sample(
+            out=out, generator=self._generator
+        )
+        return out
+
+    def tell(self, population: torch.Tensor, fitness: torch.Tensor) -> dict[str, float]:
+        self._state = self._tell(self._state, population, fitness.to(population.dtype))
+        return _stepsize_stats(self._state.stdev)
+
+    def center(self) -> torch.Tensor:
+        return self._mu().clone()
+
+    def state_dict(self) -> dict[str, Any]:
+        # The layout of the class-based adapter before it (a "distribution" of mu and sigma), so
+        # checkpoints written by either resume under the other.
+        return {
+            "distribution": {"mu": self._mu().clone(), "sigma": self._state.stdev.clone()},
+            "rng": self._generator.get_state(),
+            **self._extra_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        distribution = state["distribution"]
+        self._state = self._loaded(distribution["mu"].clone(), distribution["sigma"].clone(), state)
+        self._generator.set_state(state["rng"])
+
+
+class _AdamState(NamedTuple):
+    """What `pgpe` carries as ES's optimizer state: the centre, and EvoTorch's Adam (whose
+    `torch.optim.Adam` moments `state_dict()` saves). The Adam object is updated in place."""
+
+    center: torch.Tensor
+    adam: Any
+
+
+def _evotorch_adam(stepsize: float) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
+    """`pgpe`'s custom optimizer `(init, ask, tell)` over `evotorch.optimizers.Adam`: the update
+    class `PGPE(optimizer="adam")` applies, `mu + adam.ascent(grad)`."""
+    from evotorch.optimizers import Adam
+
+    def init(*, center_init: torch.Tensor, center_learning_rate: torch.Tensor) -> _AdamState:
+        # `stepsize`, not `center_learning_rate`: pgpe hands that on rounded to a float32 tensor,
+        # where class PGPE gives torch's Adam the Python float.
+        adam = Adam(solution_length=center_init.shape[-1], dtype=center_init.dtype, stepsize=stepsize)
+        return _AdamState(center_init, adam)
+
+    def ask(state: _AdamState) -> torch.Tensor:
+        return state.center
+
+    def tell(state: _AdamState, *, follow_grad: torch.Tensor) -> _AdamState:
+        return _AdamState(state.center + state.adam.ascent(follow_grad), state.adam)
+
+    return init, ask, tell
+
+
+class _PGPEFamily(_Functional):
+    """ES and PGPE: `evotorch.algorithms.functional.pgpe`, centred ranks, symmetric sampling."""
+
+    def _pgpe(self, center: torch.Tensor, **hyperparameters: Any) -> Any:
+        from evotorch.algorithms.functional import pgpe
+
+        return pgpe(
+            center_init=center,
+            objective_sense=self.spec.sense,
+            ranking_method="centered",
+            symmetric=True,
+            **hyperparameters,
+        )
+
+    def _tell(self, state: Any, population: torch.Tensor, fitness: torch.Tensor) -> Any:
+        from evotorch.algorithms.functional import pgpe_tell
+
+        return pgpe_tell(state, population, fitness)
+
+    def _mu(self) -> torch.Tensor:
+        center: torch.Tensor = self._state.optimizer_state.center
+        return center
+
+
+class ES(_PGPEFamily):
+    Config = ESConfig
+    summary = "OpenAI ES: fixed sigma, Adam, centred ranks, antithetic pairs"
+    # Adam keeps its step size in the optimizer state (torch's param_groups), which a resume loads.
+    state_settings = ("stdev_init", "center_learning_rate")
+
+    @property
+    def popsize(self) -> int:
+        n = self.spec.solution_length
+        popsize = self._popsize(default_popsize(n, even=True, minimum=16), even=True)
+        assert popsize is not None
+        return popsize
+
+    def _init(self, center: torch.Tensor) -> Any:
+        c, spread = self.config, self.spec.stdev
+        step = float(c.center_learning_rate or spread / 40)
+        return self._pgpe(
+            center,
+            center_learning_rate=step,
+            stdev_learning_rate=0.0,
+            stdev_init=float(c.stdev_init or spread / 40),
+            optimizer=_evotorch_adam(step),
+            stdev_max_change=None,
+        )
+
+    def _extra_state(self) -> dict[str, Any]:
+        # deepcopy: torch's state_dict() and load_state_dict() share tensors with the live optimizer
+        return {"optimizer": copy.deepcopy(self._state.optimizer_state.adam.contained_optimizer.state_dict())}
+
+    def _loaded(self, mu: torch.Tensor, sigma: torch.Tensor, state: dict[str, Any]) -> Any:
+        optimizer = self._state.optimizer_state
+        optimizer.adam.contained_optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+        return self._state._replace(optimizer_state=optimizer._replace(center=mu), stdev=sigma)
+
+
+class PGPE(_PGPEFamily):
+    Config = PGPEConfig
+    summary = "PGPE with ClipUp, adaptive sigma, symmetric sampling"
+
+    @property
+    def popsize(self) -> int:
+        n = self.spec.solution_length
+        popsize = self._popsize(default_popsize(n, even=True, minimum=32), even=True)
+        assert popsize is not None
+        return popsize
+
+    def _init(self, center: torch.Tensor) -> Any:
+        c = self.config
+        stdev = _stdev_init(c, self.spec)
+        max_speed = c.max_speed or (2 * c.center_learning_rate if c.center_learning_rate else stdev / 10)
+        return self._pgpe(
+            center,
+            center_learning_rate=c.center_learning_rate or max_speed / 2,
+            stdev_learning_rate=c.stdev_learning_rate,
+            stdev_init=stdev,
+            optimizer="clipup",
+            optimizer_config={"max_speed": max_speed, "momentum": c.momentum},
+            stdev_max_change=c.stdev_max_change,
+        )
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {"velocity": self._state.optimizer_state.velocity.clone()}
+
+    def _loaded(self, mu: torch.Tensor, sigma: torch.Tensor, state: dict[str, Any]) -> Any:
+        # ClipUp's step size, speed limit and momentum stay the config's: a resume may change them
+        optimizer = self._state.optimizer_state._replace(center=mu, velocity=state["velocity"].clone())
+        return self._state._replace(optimizer_state=optimizer, stdev=sigma)
+
+
+class CEM(_Functional):
+    Config = CEMConfig
+    summary = "cross-entropy method: refit a diagonal Gaussian to the elite"
+    symmetric = False
+
+    @property
+    def popsize(self) -> int:
+        c = self.config
+        popsize = self._popsize(default_popsize(self.spec.solution_length, minimum=32))
+        assert popsize is not None
+        if not c.popsize:  # a problem's suggestion still leaves >= 2 elites (one gives a NaN spread)
+            popsize = max(popsize, math.ceil(2 / c.parenthood_ratio))
+        return popsize
+
+    def _init(self, center: torch.Tensor) -> Any:
+        from evotorch.algorithms.functional import cem
+
+        c = self.config
+        return cem(
+            center_init=center,
+            parenthood_ratio=c.parenthood_ratio,
+            objective_sense=self.spec.sense,
+            stdev_init=_stdev_init(c, self.spec),
+            stdev_max_change=c.stdev_max_change,
+        )
+
+    def _tell(self, state: Any, population: torch.Tensor, fitness: torch.Tensor) -> Any:
+        from evotorch.algorithms.functional import cem_tell
+
+        return cem_tell(state, population, fitness)
+
+    def _mu(self) -> torch.Tensor:
+        center: torch.Tensor = self._state.center
+        return center
+
+    def _loaded(self, mu: torch.Tensor, sigma: torch.Tensor, state: dict[str, Any]) -> Any:
+        return self._state._replace(center=mu, stdev=sigma)
 
 
 def _shell_problem(spec: SearchSpec, seed: int) -> Any:
@@ -252,11 +566,13 @@ def _shell_problem(spec: SearchSpec, seed: int) -> Any:
     )
 
 
-class _EvoTorch(Algorithm):
+class _EvoTorchClass(Algorithm):
+    """SNES, XNES, CMA-ES: an EvoTorch class algorithm, its `step()` split at the evaluation."""
+
     def __init__(self, config: Any, spec: SearchSpec, seed: int) -> None:
         super().__init__(config, spec, seed)
         self._problem = _shell_problem(spec, seed)
-        self._algo = self._build(self._problem, config.stdev_init or spec.stdev)
+        self._algo = self._build(self._problem, _stdev_init(config, spec))
 
     def _build(self, problem: Any, stdev: float) -> Any:
         """The EvoTorch algorithm; `stdev` is `stdev_init` or else the problem's spread."""
@@ -269,109 +585,42 @@ class _EvoTorch(Algorithm):
         self._problem.generator.set_state(state)
 
 
-class _Gaussian(_EvoTorch):
-    """PGPE, SNES, XNES, CEM: EvoTorch's `GaussianSearchAlgorithm._step_non_distributed`, split in two."""
-
-    @property
-    def popsize(self) -> int:
-        return int(self._algo._popsize)
+class _NES(_EvoTorchClass):
+    """SNES, XNES: `GaussianSearchAlgorithm._step_non_distributed`, split in two (EvoTorch internals,
+    through `gfo._evotorch_private`)."""
 
     def ask(self) -> torch.Tensor:
-        out = torch.empty(self.popsize, self.spec.solution_length)
-        self._algo._distribution.sample(out=out, generator=self._problem)
-        return out
+        return nes_sample(self._algo, self.popsize, self._problem)
 
     def tell(self, population: torch.Tensor, fitness: torch.Tensor) -> dict[str, float]:
-        algo = self._algo
-        gradients = algo._distribution.compute_gradients(
-            population,
-            fitness.to(population.dtype),
-            objective_sense=self.spec.sense,
-            ranking_method=algo._ranking_method,
-        )
-        algo._update_distribution(gradients)
-        sigma = algo._distribution.parameters["sigma"]
+        nes_update(self._algo, population, fitness.to(population.dtype), self.spec.sense)
+        sigma = nes_parameters(self._algo)["sigma"]
         # xNES keeps a full factor A (covariance A A^T): per-coordinate stdev is a row norm.
         return _stepsize_stats(sigma.norm(dim=1) if sigma.ndim == 2 else sigma)
 
     def center(self) -> torch.Tensor:
-        return self._algo._distribution.parameters["mu"].clone()
+        return nes_parameters(self._algo)["mu"].clone()
 
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {
-            "distribution": {k: _clone(v) for k, v in self._algo._distribution.parameters.items()},
+        return {
+            "distribution": {k: _clone(v) for k, v in nes_parameters(self._algo).items()},
             "rng": self._rng_state(),
         }
-        opt = self._algo._optimizer
-        if opt is not None and hasattr(opt, "_optim"):
-            # deepcopy: torch's state_dict() and load_state_dict() share tensors with the live optimizer
-            state["optimizer"] = copy.deepcopy(opt._optim.state_dict())
-        elif opt is not None:
-            state["velocity"] = opt._velocity.clone()
-        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._algo._distribution = self._algo._distribution.modified_copy(**state["distribution"])
+        set_nes_parameters(self._algo, {k: _clone(v) for k, v in state["distribution"].items()})
         self._set_rng_state(state["rng"])
-        opt = self._algo._optimizer
-        if "optimizer" in state:
-            opt._optim.load_state_dict(copy.deepcopy(state["optimizer"]))
-        elif "velocity" in state:
-            opt._velocity = state["velocity"].clone()
 
 
-class ES(_Gaussian):
-    Config = ESConfig
-    summary = "OpenAI ES: fixed sigma, Adam, centred ranks, antithetic pairs"
-    # Adam keeps its step size in the optimizer state (torch's param_groups), which a resume loads.
-    state_settings = ("stdev_init", "center_learning_rate")
-
-    def _build(self, problem: Any, stdev: float) -> Any:
-        from evotorch.algorithms import PGPE as _PGPE
-
-        c = self.config
-        spread = self.spec.stdev
-        return _PGPE(
-            problem,
-            popsize=self._popsize(default_popsize(problem.solution_length, even=True, minimum=16), even=True),
-            center_learning_rate=c.center_learning_rate or spread / 40,
-            stdev_learning_rate=0.0,
-            stdev_init=c.stdev_init or spread / 40,
-            center_init=self.spec.center,
-            optimizer="adam",
-            ranking_method="centered",
-            symmetric=True,
-            stdev_max_change=None,
-        )
-
-
-class PGPE(_Gaussian):
-    Config = PGPEConfig
-    summary = "PGPE with ClipUp, adaptive sigma, symmetric sampling"
-
-    def _build(self, problem: Any, stdev: float) -> Any:
-        from evotorch.algorithms import PGPE as _PGPE
-
-        c = self.config
-        max_speed = c.max_speed or (2 * c.center_learning_rate if c.center_learning_rate else stdev / 10)
-        return _PGPE(
-            problem,
-            popsize=self._popsize(default_popsize(problem.solution_length, even=True, minimum=32), even=True),
-            center_learning_rate=c.center_learning_rate or max_speed / 2,
-            stdev_learning_rate=c.stdev_learning_rate,
-            stdev_init=stdev,
-            center_init=self.spec.center,
-            optimizer="clipup",
-            optimizer_config={"max_speed": max_speed, "momentum": c.momentum},
-            ranking_method="centered",
-            symmetric=True,
-            stdev_max_change=c.stdev_max_change,
-        )
-
-
-class SNES(_Gaussian):
+class SNES(_NES):
     Config = NESConfig
     summary = "separable natural ES: diagonal Gaussian, natural gradient"
+
+    @property
+    def popsize(self) -> int:
+        popsize = self._popsize(default_popsize(self.spec.solution_length))  # = EvoTorch's default
+        assert popsize is not None
+        return popsize
 
     def _build(self, problem: Any, stdev: float) -> Any:
         from evotorch.algorithms import SNES as _SNES
@@ -379,7 +628,7 @@ class SNES(_Gaussian):
         c = self.config
         return _SNES(
             problem,
-            popsize=self._popsize(None),
+            popsize=self.popsize,
             stdev_init=stdev,
             center_init=self.spec.center,
             center_learning_rate=c.center_learning_rate,
@@ -387,17 +636,24 @@ class SNES(_Gaussian):
         )
 
 
-class XNES(_Gaussian):
+class XNES(_NES):
     Config = XNESConfig
     summary = "exponential natural ES: full covariance, natural gradient"
+
+    @property
+    def popsize(self) -> int:
+        popsize = self._popsize(default_popsize(self.spec.solution_length, minimum=32))
+        assert popsize is not None
+        return popsize
 
     def _build(self, problem: Any, stdev: float) -> Any:
         from evotorch.algorithms import XNES as _XNES
 
         c = self.config
+        c.check_dimension(self.spec.solution_length)
         return _XNES(
             problem,
-            popsize=self._popsize(default_popsize(problem.solution_length, minimum=32)),
+            popsize=self.popsize,
             stdev_init=stdev,
             center_init=self.spec.center,
             center_learning_rate=c.center_learning_rate,
@@ -405,34 +661,26 @@ class XNES(_Gaussian):
         )
 
 
-class CEM(_Gaussian):
-    Config = CEMConfig
-    summary = "cross-entropy method: refit a diagonal Gaussian to the elite"
-
-    def _build(self, problem: Any, stdev: float) -> Any:
-        from evotorch.algorithms import CEM as _CEM
-
-        c = self.config
-        popsize = self._popsize(default_popsize(problem.solution_length, minimum=32))
-        assert popsize is not None
-        if not c.popsize:  # a problem's suggestion still leaves >= 2 elites (one gives a NaN spread)
-            popsize = max(popsize, math.ceil(2 / c.parenthood_ratio))
-        return _CEM(
-            problem,
-            popsize=popsize,
-            parenthood_ratio=c.parenthood_ratio,
-            stdev_init=stdev,
-            center_init=self.spec.center,
-            stdev_max_change=c.stdev_max_change,
-        )
-
-
-class CMAES(_EvoTorch):
-    """EvoTorch's `CMAES._step`, split at `get_population_weights` (which would evaluate)."""
+class CMAES(_EvoTorchClass):
+    """EvoTorch's `CMAES._step`, split where `get_population_weights` would evaluate. Every step
+    but h_sigma is a public `CMAES` method; gfo counts the generations `_step` would count."""
 
     Config = CMAESConfig
     summary = "CMA-ES, full covariance (d^2 memory)"
     separable: ClassVar[bool] = False
+
+    def __init__(self, config: Any, spec: SearchSpec, seed: int) -> None:
+        import evotorch
+
+        owner = "sep-cmaes" if self.separable else "cmaes"
+        config.check_dimension(spec.solution_length, owner)
+        with warnings.catch_warnings():  # EvoTorch copies the centre with torch.tensor(tensor), which warns
+            warnings.filterwarnings("ignore", "To copy construct from a tensor", UserWarning)
+            super().__init__(config, spec, seed)
+        config.check_rates(self._algo, owner)
+        # ranks the told fitness in the problem's sense, as `get_population_weights` does
+        self._ranked = evotorch.SolutionBatch(self._problem, popsize=self.popsize, empty=True)
+        self._generation = 0
 
     def _build(self, problem: Any, stdev: float) -> Any:
         from evotorch.algorithms import CMAES as _CMAES
@@ -458,27 +706,24 @@ class CMAES(_EvoTorch):
         return xs.clone()
 
     def tell(self, population: torch.Tensor, fitness: torch.Tensor) -> dict[str, float]:
-        from evotorch.algorithms.cmaes import _h_sig, _limit_stdev
-
         a = self._algo
         zs, ys = self._zs, self._ys
-        a._population.set_values(population)
-        a._population.set_evals(fitness.to(population.dtype))
-        indices = a._population.argsort(obj_index=a.obj_index)  # best first, in the problem's sense
+        self._ranked.set_values(population)
+        self._ranked.set_evals(fitness.to(population.dtype))
+        indices = self._ranked.argsort()  # best first, in the problem's sense
         ranks = torch.empty_like(indices)
         ranks[indices] = torch.arange(a.popsize, dtype=indices.dtype)
         weights = a.weights[ranks]
         local_m, shaped_m = a.update_m(zs, ys, weights)
         a.update_p_sigma(local_m)
         a.update_sigma()
-        h_sig = _h_sig(a.p_sigma, a.c_sigma, a._steps_count)
+        h_sig = cmaes_h_sig(a.p_sigma, a.c_sigma, self._generation)
         a.update_p_c(shaped_m, h_sig)
         a.update_C(zs, ys, weights, h_sig)
-        if a.stdev_min is not None or a.stdev_max is not None:
-            a.C = _limit_stdev(a.sigma, a.C, a.stdev_min, a.stdev_max)
-        if (a._steps_count + 1) % a.decompose_C_freq == 0:
+        # `_step` would now apply stdev_min / stdev_max, which gfo never sets
+        if (self._generation + 1) % a.decompose_C_freq == 0:
             a.decompose_C()
-        a._steps_count += 1
+        self._generation += 1
         diag = a.C if self.separable else torch.diagonal(a.C)
         return _stepsize_stats(a.sigma * diag.clamp_min(0).sqrt())
 
@@ -489,14 +734,14 @@ class CMAES(_EvoTorch):
 
     def state_dict(self) -> dict[str, Any]:
         state = {k: _clone(getattr(self._algo, k)) for k in self._STATE}
-        state["steps"] = self._algo._steps_count
+        state["steps"] = self._generation
         state["rng"] = self._rng_state()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for k in self._STATE:
             setattr(self._algo, k, _clone(state[k]))
-        self._algo._steps_count = int(state["steps"])
+        self._generation = int(state["steps"])
         self._set_rng_state(state["rng"])
 
 

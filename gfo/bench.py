@@ -3,7 +3,8 @@
 Runs are resumable: a run with `summary.json` is done and skipped (unless a signal stopped it:
 then its summary holds the results so far), one with a checkpoint is continued. The table
 (`results.csv`) is read back from each run's `summary.json` and `metrics.jsonl`, never from
-memory, so it says exactly what the run folders say.
+memory, so it says exactly what the run folders say. Whatever additive counters the problem's
+evaluations carry (an LLM task's generated tokens and completions) get a column each, by their name.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from gfo.problem import Sense, better
 from gfo.registry import ALGORITHMS, PROBLEMS, unknown_name
 from gfo.spec import RunSpec, resolve
 
+#: The columns of results.csv; the problem's counters (`Row.counters`) go between the two parts.
 COLUMNS = (
     "algo",
     "seed",
@@ -35,12 +37,8 @@ COLUMNS = (
     "generations",
     "evals_to_target",
     "wall_s",
-    "generated_tokens",
-    "completions",
-    "stop_reason",
-    "run_dir",
-    "error",
 )
+COLUMNS_AFTER_COUNTERS = ("stop_reason", "run_dir", "error")
 
 
 @dataclass(frozen=True)
@@ -66,8 +64,7 @@ class Row:
     generations: int | None = None
     evals_to_target: int | None = None
     wall_s: float | None = None
-    generated_tokens: float | None = None
-    completions: float | None = None
+    counters: dict[str, float] = field(default_factory=dict)  # the run's totals (summary.json)
     stop_reason: str = ""
     run_dir: str = ""
     error: str = ""
@@ -90,7 +87,7 @@ class AlgoStats:
     median_wall_s: float
     hits: int
     median_evals_to_target: float
-    median_tokens: float | None
+    median_counters: dict[str, float] = field(default_factory=dict)
     metric: str = field(default="best")
 
 
@@ -232,8 +229,7 @@ def collect(runs: Sequence[BenchRun], target: float | None = None) -> list[Row]:
                 generations=s["generations"],
                 evals_to_target=hit,
                 wall_s=s["wall_s"],
-                generated_tokens=(s.get("counters") or {}).get("generated_tokens"),
-                completions=(s.get("counters") or {}).get("completions"),
+                counters=dict(s.get("counters") or {}),
                 stop_reason=s.get("stop_reason", ""),
                 run_dir=str(r.run_dir),
             )
@@ -273,7 +269,8 @@ def stats(rows: Sequence[Row], sense: Sense) -> list[AlgoStats]:
         scores = [float(r.heldout_best if metric == "heldout_best" else r.best) for r in ok]  # type: ignore[arg-type]
         med, q1, q3 = _quantiles(scores) if scores else (math.nan,) * 3
         hits = [r.evals_to_target for r in ok if r.evals_to_target is not None]
-        tokens = [r.generated_tokens for r in ok if r.generated_tokens is not None]
+        # A counter is an additive total: a run that never reported one counted 0 of it.
+        counters = {k: _quantiles([r.counters.get(k, 0.0) for r in ok])[0] for k in counter_names(ok)}
         out.append(
             AlgoStats(
                 algo=algo,
@@ -286,7 +283,7 @@ def stats(rows: Sequence[Row], sense: Sense) -> list[AlgoStats]:
                 median_wall_s=_quantiles([r.wall_s or 0.0 for r in ok])[0] if ok else math.nan,
                 hits=len(hits),
                 median_evals_to_target=_quantiles(hits)[0] if hits else math.nan,
-                median_tokens=_quantiles(tokens)[0] if tokens else None,
+                median_counters=counters,
                 metric=metric,
             )
         )
@@ -299,15 +296,29 @@ def stats(rows: Sequence[Row], sense: Sense) -> list[AlgoStats]:
     return sorted(out, key=key)
 
 
+def counter_names(rows: Sequence[Row]) -> list[str]:
+    """The counters any of `rows` carries, in the order they first appear."""
+    return list(dict.fromkeys(k for r in rows for k in r.counters))
+
+
 def write_results_csv(rows: Sequence[Row], path: Path) -> None:
+    names = counter_names(rows)
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(COLUMNS)
+        writer.writerow([*COLUMNS, *names, *COLUMNS_AFTER_COUNTERS])
         for r in rows:
-            writer.writerow(["" if getattr(r, c) is None else _cell(getattr(r, c)) for c in COLUMNS])
+            writer.writerow(
+                [
+                    *(_cell(getattr(r, c)) for c in COLUMNS),
+                    *(_cell(r.counters.get(k)) for k in names),
+                    *(_cell(getattr(r, c)) for c in COLUMNS_AFTER_COUNTERS),
+                ]
+            )
 
 
 def _cell(value: Any) -> str:
+    if value is None:
+        return ""
     return repr(value) if isinstance(value, float) else str(value)
 
 
@@ -340,8 +351,8 @@ def summary_markdown(
     ]
     if target is not None:
         header += [f"reached {target:g}", "median evals to target"]
-    if any(s.median_tokens is not None for s in table):
-        header += ["median generated tokens"]
+    counters = list(dict.fromkeys(k for s in table for k in s.median_counters))
+    header += [f"median {k.replace('_', ' ')}" for k in counters]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for i, s in enumerate(table, 1):
         cells = [
@@ -355,8 +366,7 @@ def summary_markdown(
         ]
         if target is not None:
             cells += [f"{s.hits}/{s.ok}", _fmt(s.median_evals_to_target, 6)]
-        if any(t.median_tokens is not None for t in table):
-            cells += [_fmt(s.median_tokens, 6)]
+        cells += [_fmt(s.median_counters.get(k), 6) for k in counters]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Per-run numbers: results.csv. Curves: curves.png.", ""]
     return "\n".join(lines)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import tomllib
 import types
 import typing
@@ -19,6 +20,21 @@ from gfo.errors import ConfigError
 from gfo.registry import TRACKERS, unknown_name
 
 SECTIONS = ("algo", "problem", "run")
+#: Searches run in float32: a value above its largest number is inf there, and a spread (sigma)
+#: outside STDEV_RANGE has a square, the variance, that overflows to inf or underflows to 0.
+FLOAT32_MAX = 3.4028234663852886e38
+STDEV_RANGE = (1e-18, 1e18)
+
+
+def check_spread(name: str, value: float) -> None:
+    """Refuse a spread (sigma) that is not > 0 or lies outside STDEV_RANGE (NaN and inf included)."""
+    if not value > 0:
+        raise ConfigError(f"{name} must be > 0; got {value}")
+    if not STDEV_RANGE[0] <= value <= STDEV_RANGE[1]:
+        raise ConfigError(
+            f"{name} must be in [{STDEV_RANGE[0]:g}, {STDEV_RANGE[1]:g}] (the search runs in float32); "
+            f"got {value}"
+        )
 
 
 @dataclass(frozen=True)
@@ -50,8 +66,14 @@ class RunConfig:
             raise ConfigError(f"run.max_evaluations must be >= 1; got {self.max_evaluations}")
         if self.actors < 0:
             raise ConfigError(f"run.actors must be >= 0; got {self.actors}")
-        if self.gpus_per_actor < 0:
-            raise ConfigError(f"run.gpus_per_actor must be >= 0; got {self.gpus_per_actor}")
+        if not 0 <= self.gpus_per_actor < math.inf:
+            raise ConfigError(f"run.gpus_per_actor must be a number >= 0; got {self.gpus_per_actor}")
+        if self.target is not None and not math.isfinite(self.target):
+            raise ConfigError(f"run.target must be a finite number; got {self.target}, or leave it out")
+        if self.ray_address is not None and not self.ray_address.strip():
+            raise ConfigError(
+                "run.ray_address is empty; use auto or host:port, or leave it out for no cluster"
+            )
         track = self.track or ()
         for name in track:
             if name not in TRACKERS.names():
@@ -71,7 +93,8 @@ def build(cls: type, values: dict[str, Any], section: str) -> Any:
         if key not in fields:
             close = difflib.get_close_matches(key, list(fields), n=1)
             hint = f"; did you mean {section}.{close[0]}?" if close else ""
-            raise ConfigError(f"unknown key {section}.{key}{hint} (known: {', '.join(fields)})")
+            named = f"{section}.{key}" if key.isprintable() else repr(f"{section}.{key}")
+            raise ConfigError(f"unknown key {shown(named, quote=False)}{hint} (known: {', '.join(fields)})")
         kwargs[key] = convert(value, hints[key], f"{section}.{key}")
     try:
         return cls(**kwargs)
@@ -81,8 +104,13 @@ def build(cls: type, values: dict[str, Any], section: str) -> Any:
         raise ConfigError(f"invalid {section} settings: {exc}") from exc
 
 
+#: Integers beyond int64 fit no tensor, seed or C library: refused for every integer setting.
+INT_RANGE = (-(2**63), 2**63)
+
+
 def convert(value: Any, hint: Any, name: str) -> Any:
-    """Convert a TOML value or a `--set` string to the annotated type."""
+    """Convert a TOML value or a `--set` string to the annotated type. Never lets a value through that
+    its type cannot hold: integers beyond int64, NaN and infinite floats are refused here."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
@@ -97,34 +125,54 @@ def convert(value: Any, hint: Any, name: str) -> Any:
                 errors.append(str(exc))
         raise ConfigError(errors[0])
     if origin is tuple:
-        items = [s.strip() for s in value.split(",") if s.strip()] if isinstance(value, str) else list(value)
+        if isinstance(value, str):
+            items = [s.strip() for s in value.split(",") if s.strip()]
+        elif isinstance(value, list | tuple):
+            items = list(value)
+        else:
+            example = '["a", "b"] (a,b with --set)'
+            raise ConfigError(f"{name} must be a list, e.g. {example}; got {shown(value)}")
         return tuple(convert(v, args[0], name) for v in items)
     if hint is bool:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
             return value.lower() in ("true", "1", "yes", "on")
-        raise ConfigError(f"{name} must be true or false; got {value!r}")
+        raise ConfigError(f"{name} must be true or false; got {shown(value)}")
     if hint is int:
         if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            raise ConfigError(f"{name} must be an integer; got {value!r}")
+            raise ConfigError(f"{name} must be an integer; got {shown(value)}")
         try:
-            return int(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{name} must be an integer; got {value!r}") from None
+            integer = int(value)
+        except (TypeError, ValueError):  # ValueError also for strings of more than 4300 digits
+            raise ConfigError(f"{name} must be an integer; got {shown(value)}") from None
+        if not INT_RANGE[0] <= integer < INT_RANGE[1]:
+            raise ConfigError(f"{name} must be an integer in [-2**63, 2**63); got {shown(value)}")
+        return integer
     if hint is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{name} must be a number; got {shown(value)}")
         try:
-            result = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{name} must be a number; got {value!r}") from None
-        if result != result:
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):  # OverflowError: a TOML integer beyond 1.8e308
+            raise ConfigError(f"{name} must be a number; got {shown(value)}") from None
+        if number != number:
             raise ConfigError(f"{name} must be a number; got NaN")
-        return result
+        if not math.isfinite(number):  # "1e400" parses as inf: no setting takes an infinite value
+            raise ConfigError(f"{name} must be finite; got {shown(value, quote=False)}")
+        return number
     if hint is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{name} must be a string; got {value!r}")
+            raise ConfigError(f"{name} must be a string; got {shown(value)}")
         return value
     return value
+
+
+def shown(value: Any, limit: int = 60, *, quote: bool = True) -> str:
+    """`repr(value)` (`str` without `quote`), cut to `limit` characters: an error line names the value
+    without becoming a page."""
+    text = repr(value) if quote else str(value)
+    return text if len(text) <= limit else f"{text[: limit - 10]}...{text[-7:]} ({len(text)} characters)"
 
 
 def parse_set(items: list[str]) -> dict[str, dict[str, str]]:
@@ -144,24 +192,32 @@ def parse_set(items: list[str]) -> dict[str, dict[str, str]]:
 
 
 def read_toml(path: Path) -> dict[str, Any]:
+    shown_path = str(path) if str(path).isprintable() else repr(str(path))  # the error stays one line
     try:
         with path.open("rb") as fh:
             data = tomllib.load(fh)
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
+        raise ConfigError(f"config file {shown_path} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"config file {path} cannot be read: {exc}") from None
+        raise ConfigError(f"config file {shown_path} cannot be read: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        raise ConfigError(f"config file {shown_path} is not valid TOML: {exc}") from None
     unknown = set(data) - {*SECTIONS, "algorithm", "problem_name"}
     if unknown:
+        names = ", ".join(k if k.isprintable() else repr(k) for k in sorted(unknown))
         raise ConfigError(
-            f"config file {path} has unknown top-level key(s) {', '.join(sorted(unknown))}; "
+            f"config file {shown_path} has unknown top-level key(s) {shown(names, quote=False)}; "
             f"use the sections [algo], [problem], [run] and the key algorithm = ..."
         )
     for section in SECTIONS:
         if not isinstance(data.get(section, {}), dict):
-            raise ConfigError(f"config file {path}: {section} must be a table, e.g. [{section}]")
+            raise ConfigError(f"config file {shown_path}: {section} must be a table, e.g. [{section}]")
+    for key, example in (("algorithm", "pgpe"), ("problem_name", "sphere")):
+        if key in data and not isinstance(data[key], str):
+            raise ConfigError(
+                f'config file {shown_path}: {key} must be a name in quotes, e.g. {key} = "{example}"; '
+                f"got {shown(data[key])}"
+            )
     return data
 
 

@@ -9,3 +9,9 @@ class GfoError(Exception):
 
 class ConfigError(GfoError):
     """A configuration value is missing, malformed or out of range."""
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's message in one line (its type's name if it has none): for warnings and logs."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
-import resource
-import shutil
 import signal
 import statistics
-import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -18,36 +13,43 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import psutil
 import torch
-from safetensors.torch import save as save_safetensors
 
-from gfo import checkpoint, strictjson
+from gfo import checkpoint
 from gfo.algorithms import Algorithm, SearchSpec
-from gfo.config import plain_values
 from gfo.errors import GfoError
 from gfo.problem import Context, Evaluation, Problem, Sense, better
 from gfo.registry import ALGORITHMS, PROBLEMS
+from gfo.rundir import (
+    append_jsonl,
+    changed_settings,
+    check_fingerprint,
+    memory_mb,
+    prepare_run_dir,
+    run_fingerprint,
+    run_settings,
+    truncate_metrics,
+    write_config,
+    write_results,
+)
 from gfo.spec import RunSpec
+from gfo.stops import SIGNAL_REASONS, Interrupted, SignalStop
 
-RUN_FILES = ("config.toml", "metrics.jsonl", "summary.json", checkpoint.NAME, checkpoint.PREVIOUS)
-EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
-#: What `gfo.tracking` and `gfo report` write into a run directory (cleared with it by --force).
-TRACKED = ("tracking.json", "report.html")
-TRACKED_DIRS = ("tb", "mlflow", "wandb", "report")
-#: `stop_reason` of a run stopped by a first Ctrl-C or SIGTERM (a resumable stop, not an end).
-SIGNAL_REASONS = frozenset(sig.name for sig in EXIT_CODES)
+# The run directory (`gfo.rundir`) and signal handling (`gfo.stops`) live apart; their names that
+# callers have always imported from here stay importable from here.
+__all__ = [
+    "SIGNAL_REASONS",
+    "VOLATILE",
+    "Callback",
+    "Evaluator",
+    "Interrupted",
+    "LocalEvaluator",
+    "prepare_run_dir",
+    "run",
+]
+
 #: Keys of a metrics.jsonl line that differ between two runs of the same search: times and memory.
 VOLATILE = frozenset({"wall_s", "eval_s", "rss_mb", "peak_rss_mb"})
-
-
-class Interrupted(Exception):
-    """Stopped by a signal at a safe point; the run directory holds a resumable checkpoint."""
-
-    def __init__(self, signum: int, run_dir: Path) -> None:
-        super().__init__(f"stopped by {signal.Signals(signum).name}")
-        self.exit_code = EXIT_CODES.get(signal.Signals(signum), 1)
-        self.run_dir = run_dir
 
 
 class Evaluator(Protocol):
@@ -118,35 +120,6 @@ class _State:
         return dict(self.__dict__)
 
 
-def prepare_run_dir(out: Path, *, resume: bool, force: bool) -> None:
-    """Refuse to mix runs: a directory holding another run needs --force (which clears it) or --resume."""
-    if resume:
-        if not (out / "config.toml").exists():
-            raise GfoError(f"{out} holds no gfo run (no config.toml); check the path or start a new run")
-        for stale in out.glob(".*.tmp*"):  # temporaries of `checkpoint.atomic_write` cut off by a kill
-            stale.unlink(missing_ok=True)
-        return
-    existing = [name for name in RUN_FILES if (out / name).exists()]
-    if existing and not force:
-        raise GfoError(
-            f"{out} already holds a run ({', '.join(existing)}); use --resume {out} to continue it, "
-            f"--force to overwrite it, or another --out"
-        )
-    if existing:
-        for name in (*RUN_FILES, checkpoint.CORRUPT, "best.safetensors", "curve.png", "samples.jsonl"):
-            (out / name).unlink(missing_ok=True)
-        for name in TRACKED:
-            (out / name).unlink(missing_ok=True)
-        for sub in ("export", "adapter", *TRACKED_DIRS):
-            shutil.rmtree(out / sub, ignore_errors=True)
-    if out.exists() and not out.is_dir():
-        raise GfoError(f"--out {out} is a file, not a directory; pick another --out")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise GfoError(f"cannot create run directory {out}: {exc.strerror}; pick another --out") from None
-
-
 def run(
     spec: RunSpec,
     out: Path,
@@ -181,11 +154,25 @@ def _run(
     make_evaluator: Callable[[Problem, RunSpec], Evaluator] | None,
 ) -> dict[str, Any]:
     problem: Problem = PROBLEMS.get(spec.problem_name)(spec.problem)
+    try:
+        return _run_problem(spec, problem, out, resume, callbacks, make_evaluator)
+    finally:
+        problem.close()  # the model and its engine, however the run ended
+
+
+def _run_problem(
+    spec: RunSpec,
+    problem: Problem,
+    out: Path,
+    resume: bool,
+    callbacks: list[Callback],
+    make_evaluator: Callable[[Problem, RunSpec], Evaluator] | None,
+) -> dict[str, Any]:
     algorithm_class = ALGORITHMS.get(spec.algorithm)
     saved = checkpoint.load(out) if resume and checkpoint.exists(out) else None
     if saved:
-        _check_fingerprint(out, saved["fingerprint"], _fingerprint(spec, problem, algorithm_class))
-    stop = _SignalStop()
+        check_fingerprint(out, saved["fingerprint"], run_fingerprint(spec, problem, algorithm_class))
+    stop = SignalStop()
     with stop:
         # The evaluator prepares the problem (loads a model) before the search space is asked for.
         evaluator = (make_evaluator or _default_evaluator)(problem, spec)
@@ -200,16 +187,16 @@ def _run(
             if saved:
                 algorithm.load_state_dict(saved["algorithm"])
                 state = _State(**saved["loop"])
-                changed = _changed_settings(saved.get("settings"), _settings(spec))
+                changed = changed_settings(saved.get("settings"), run_settings(spec))
                 state.changes += [
                     {"generation": state.generation, "setting": k, "from": a, "to": b}
                     for k, (a, b) in changed.items()
                 ]
             start = state.generation
-            _truncate_metrics(out / "metrics.jsonl", state.generation)
+            truncate_metrics(out / "metrics.jsonl", state.generation)
             # Only now: a problem that fails to prepare (a wrong model path) leaves no run behind that
             # a corrected command would then refuse to overwrite.
-            checkpoint.atomic_write(out / "config.toml", spec.to_toml().encode())
+            write_config(out, spec)
             for cb in callbacks:
                 cb.on_start(spec, problem, algorithm, state.generation)
             reason = _loop(spec, problem, algorithm, evaluator, state, out, callbacks, stop, changed)
@@ -219,7 +206,7 @@ def _run(
             final, heldout_final = _score_owed(state, algorithm, evaluator, problem.sense)
         finally:
             evaluator.close()
-        summary = _finish(spec, problem, final, out, reason, heldout_final)
+        summary = write_results(spec, problem, final, out, reason, heldout_final)
     if reason in SIGNAL_REASONS:
         raise Interrupted(stop.signum or signal.SIGINT, out)
     for cb in callbacks:
@@ -235,68 +222,6 @@ def _default_evaluator(problem: Problem, spec: RunSpec) -> Evaluator:
     if spec.run.ray_address or spec.run.gpus_per_actor > 0:
         raise GfoError("--ray-address and --gpus-per-actor take effect with Ray actors only; add --actors N")
     return LocalEvaluator(problem)
-
-
-def _fingerprint(spec: RunSpec, problem: Problem, algorithm_class: type[Algorithm]) -> dict[str, Any]:
-    """What a checkpoint must agree with to be resumed: the problem's structure and `state_settings`
-    (`Problem.fingerprint`), the algorithm's `state_settings`, and the seed (the algorithm's random
-    generator is in the checkpoint, while mini-batches are drawn from the seed: a new one would be
-    half applied)."""
-    algo = plain_values(spec.algo)
-    return {
-        "problem": spec.problem_name,
-        "algorithm": spec.algorithm,
-        **problem.fingerprint(),
-        "run.seed": spec.run.seed,
-        **{f"algo.{key}": algo[key] for key in algorithm_class.state_settings},
-    }
-
-
-def _check_fingerprint(out: Path, was: dict[str, Any], now: dict[str, Any]) -> None:
-    # A key the checkpoint lacks predates the code that records it: it cannot be checked.
-    changed = [k for k in sorted(set(was) | set(now)) if k in was and was[k] != now.get(k)]
-    structure = [k for k in changed if "." not in k]
-    if structure:
-        detail = ", ".join(f"{k} {was.get(k)!r} -> {now.get(k)!r}" for k in structure)
-        raise GfoError(
-            f"{out} holds a run of another problem or algorithm ({detail}); resume it without the "
-            "--algo/--problem/--set that change these, or start a new --out"
-        )
-    if changed:
-        one = len(changed) == 1
-        raise GfoError(
-            f"{out} was started with {', '.join(f'{k}={_show(was[k])}' for k in changed)}; a resume "
-            f"cannot change {'it' if one else 'them'} to {', '.join(_show(now.get(k)) for k in changed)} "
-            "(the checkpoint holds the state it set up); resume without that change, or start a new --out"
-        )
-
-
-def _show(value: Any) -> str:
-    """A setting as `--set` spells it."""
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, list):
-        return ",".join(map(str, value))
-    return str(value)
-
-
-def _settings(spec: RunSpec) -> dict[str, Any]:
-    """`algo.*` and `problem.*` as plain values; the checkpoint keeps them to tell what a resume changed."""
-    return {
-        **{f"algo.{k}": v for k, v in plain_values(spec.algo).items()},
-        **{f"problem.{k}": v for k, v in plain_values(spec.problem).items()},
-    }
-
-
-def _changed_settings(was: dict[str, Any] | None, now: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """Settings a resume changes (none of them a fingerprint key, which `_check_fingerprint` refused):
-    they take effect from the resumed generation on, recorded in metrics.jsonl (`changed`) and
-    summary.json (`changes`)."""
-    if not was:  # a checkpoint older than this record
-        return {}
-    return {k: (was[k], v) for k, v in now.items() if k in was and was[k] != v}
 
 
 def _end_reason(run_cfg: Any, generation: int, evaluations: int, best: float, sense: Sense) -> str | None:
@@ -318,7 +243,7 @@ def _loop(
     state: _State,
     out: Path,
     callbacks: list[Callback],
-    stop: _SignalStop,
+    stop: SignalStop,
     changed: dict[str, tuple[Any, Any]],
 ) -> str:
     """Generations until the run ends or a signal asks it to stop; returns the reason."""
@@ -394,17 +319,17 @@ def _loop(
         state.generation = g + 1
         state.wall_s += time.perf_counter() - started
         record["wall_s"] = round(state.wall_s, 3)
-        record.update(_memory_mb())
+        record.update(memory_mb())
         if result.samples:
-            _append_jsonl(out / "samples.jsonl", [{"generation": g, **s} for s in result.samples])
-        _append_jsonl(out / "metrics.jsonl", [record])
+            append_jsonl(out / "samples.jsonl", [{"generation": g, **s} for s in result.samples])
+        append_jsonl(out / "metrics.jsonl", [record])
         checkpoint.save(
             out,
             {
                 "algorithm": algorithm.state_dict(),
                 "loop": state.to_dict(),
-                "fingerprint": _fingerprint(spec, problem, type(algorithm)),
-                "settings": _settings(spec),
+                "fingerprint": run_fingerprint(spec, problem, type(algorithm)),
+                "settings": run_settings(spec),
             },
         )
         for cb in callbacks:
@@ -436,14 +361,6 @@ def _score_owed(
     return final, {"generation": generation, "center": scores[0], "best": scores[1]}
 
 
-def _memory_mb() -> dict[str, float]:
-    """Resident memory now (`rss_mb`) and the process's peak so far (`peak_rss_mb`), in MiB."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    peak_mb = peak / 2**20 if sys.platform == "darwin" else peak / 1024
-    rss_mb = psutil.Process().memory_info().rss / 2**20
-    return {"rss_mb": round(rss_mb, 1), "peak_rss_mb": round(max(peak_mb, rss_mb), 1)}  # ru_maxrss may lag
-
-
 def _sanitize(fitness: torch.Tensor, sense: str, state: _State, generation: int) -> torch.Tensor:
     """NaN / inf become strictly worse than the worst finite value, so they never steer the search."""
     fitness = fitness.detach().to(torch.float64).reshape(-1).clone()  # the caller keeps the raw values
@@ -464,110 +381,3 @@ def _sanitize(fitness: torch.Tensor, sense: str, state: _State, generation: int)
     margin = abs(worst_finite) + 1.0
     fitness[bad] = worst_finite + margin if sense == "min" else worst_finite - margin
     return fitness
-
-
-def _finish(
-    spec: RunSpec,
-    problem: Problem,
-    state: _State,
-    out: Path,
-    reason: str,
-    heldout_final: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """best.safetensors, the export, summary.json and curve.png: at the end, and at a signal's stop."""
-    # With held-out scores, the best on held-out data is kept (ESSA's "keep the best on validation");
-    # otherwise the best candidate ever evaluated.
-    use_heldout = state.heldout_solution is not None
-    final = state.heldout_solution if use_heldout else state.best_solution
-    tensors = {"best": state.best_solution, "selected": final}
-    blob = save_safetensors({k: v.float().clone() for k, v in tensors.items() if v is not None})
-    checkpoint.atomic_write(out / "best.safetensors", blob)
-    exported = problem.export(final, out) if final is not None else None
-    summary = {
-        "algorithm": spec.algorithm,
-        "problem": spec.problem_name,
-        "sense": problem.sense,
-        "best": state.best,
-        "evaluations": state.evaluations,
-        "generations": state.generation,
-        "wall_s": round(state.wall_s, 3),
-        "stop_reason": reason,
-        "best_solution": "best.safetensors:best",
-        "selected_solution": "best.safetensors:selected",
-        "selected_by": "heldout" if use_heldout else "best_so_far",
-        "heldout_initial": None if math.isnan(state.heldout_initial) else state.heldout_initial,
-        "heldout_best": None if not use_heldout else state.heldout_best,
-        "heldout_generation": None if not use_heldout else state.heldout_generation,
-        # scores of the last generation not in metrics.jsonl (a stop between two held-out evaluations)
-        "heldout_final": heldout_final,
-        "nonfinite": state.nonfinite,
-        "counters": state.counters,
-        "changes": state.changes,
-        "exported": str(exported.relative_to(out)) if exported else None,
-        "peak_rss_mb": _memory_mb()["peak_rss_mb"],
-        **problem.describe(),
-    }
-    checkpoint.atomic_write(out / "summary.json", (strictjson.dumps(summary, indent=2) + "\n").encode())
-    try:
-        from gfo.plots import plot_run
-
-        plot_run(out)
-    except Exception as exc:  # a plot must never cost the results
-        warnings.warn(f"curve.png not written: {exc}", stacklevel=2)
-    return summary
-
-
-def _append_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
-    with path.open("a") as fh:
-        for r in records:
-            fh.write(strictjson.dumps(r) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _truncate_metrics(path: Path, generation: int) -> None:
-    """Drop lines of generations the checkpoint does not cover (written just before a crash)."""
-    for file in (path, path.with_name("samples.jsonl")):
-        if not file.exists():
-            continue
-        kept = []
-        for line in file.read_text().splitlines():
-            try:
-                if json.loads(line)["generation"] < generation:
-                    kept.append(line)
-            except (ValueError, KeyError):
-                continue  # a torn last line
-        checkpoint.atomic_write(file, "".join(f"{line}\n" for line in kept).encode())
-
-
-class _SignalStop:
-    """First SIGINT/SIGTERM: stop at the next safe point. Second: exit now (checkpoints are atomic)."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> _SignalStop:
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            for sig in EXIT_CODES:
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signum: int, frame: object) -> None:
-        if self.signum is not None:
-            os._exit(EXIT_CODES.get(signal.Signals(signum), 1))
-        self.signum = signum
-        print(
-            f"\n{signal.Signals(signum).name} received: stopping after this generation (again to quit now)",
-            flush=True,
-        )
-
-    def check(self, out: Path) -> None:
-        if self.signum is not None:
-            raise Interrupted(self.signum, out)

@@ -18,9 +18,11 @@ candidates come from the driver's algorithm and mini-batches from `Context(gener
 actor that dies (`RayActorError`) is replaced by a fresh one (which prepares again) and its slice
 is evaluated again, so the generation is not lost.
 
-The driver still builds the problem itself: the loop asks it for `initial_center()` and
-`solution_length`, and `export()` / `describe()` run at the end. For an LLM problem that loads
-the model in the driver too (once, besides one copy per actor).
+The driver builds the problem too, but never prepares it: `solution_length` is known without
+`prepare()` (an LLM problem reads the model's config, not its weights), and what `initial_center()`,
+`export()` and `describe()` need comes from actor 0 once it is prepared (`Problem.driver_state`,
+for an LLM problem the search space and the PiSSA start). So the driver holds no model. At
+shutdown every actor closes its problem (`Problem.close`: a vLLM engine stops) before it is killed.
 """
 
 from __future__ import annotations
@@ -39,14 +41,16 @@ import evotorch
 import ray
 import torch
 from evotorch.core import EvaluationActor
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
-from gfo.errors import GfoError
+from gfo.errors import GfoError, first_line
 from gfo.problem import Context, Evaluation, Problem, Sense
 from gfo.spec import RunSpec
 
 #: How often one slice may lose its actor within one call before the run gives up.
 MAX_REPLACEMENTS = 3
+#: Seconds the actors get to close their problems (stop a vLLM engine) before they are killed.
+CLOSE_TIMEOUT_S = 60.0
 
 
 class _RemoteProblem(evotorch.Problem):
@@ -95,6 +99,13 @@ class _RemoteProblem(evotorch.Problem):
     def gfo_heldout(self, solutions: torch.Tensor) -> torch.Tensor:
         return self._ready().evaluate_heldout(solutions)
 
+    def gfo_driver_state(self) -> Any:
+        return self._ready().driver_state()
+
+    def gfo_close(self) -> None:
+        if self._problem is not None:
+            self._problem.close()
+
 
 class RayEvaluator:
     """Evaluates each generation's population split over `spec.run.actors` Ray actors.
@@ -121,6 +132,9 @@ class RayEvaluator:
             self._actors = [self._spawn(i) for i in range(run.actors)]
             # Every actor loads the model now, in parallel; errors (a bad model path) surface here.
             self._map("gfo_prepare", [() for _ in self._actors])
+            [state] = self._map("gfo_driver_state", [()])  # actor 0's; the driver prepares nothing
+            if state is not None:
+                problem.adopt_driver_state(state)
         except BaseException:
             self.close()
             raise
@@ -141,6 +155,13 @@ class RayEvaluator:
         return torch.cat([torch.as_tensor(p) for p in parts])
 
     def close(self) -> None:
+        """Close every actor's problem (at most `CLOSE_TIMEOUT_S`), kill the actors, stop Ray if ours."""
+        if self._actors:
+            calls = [actor.call.remote("gfo_close", [], {}) for actor in self._actors]
+            try:
+                ray.get(calls, timeout=CLOSE_TIMEOUT_S)
+            except (RayActorError, RayTaskError, GetTimeoutError) as exc:  # the kill below still frees it
+                warnings.warn(f"a Ray actor did not close its problem: {first_line(exc)}", stacklevel=2)
         for actor in self._actors:
             ray.kill(actor, no_restart=True)
         self._actors = []
@@ -176,10 +197,10 @@ class RayEvaluator:
                 if losses[i] > MAX_REPLACEMENTS:
                     raise GfoError(
                         f"Ray actor {i} died {losses[i]} times running {method}; "
-                        f"see the Ray logs (out of memory?): {_first_line(exc)}"
+                        f"see the Ray logs (out of memory?): {first_line(exc)}"
                     ) from None
                 warnings.warn(
-                    f"Ray actor {i} died ({_first_line(exc)}); replacing it and running its share again",
+                    f"Ray actor {i} died ({first_line(exc)}); replacing it and running its share again",
                     stacklevel=2,
                 )
                 ray.kill(self._actors[i], no_restart=True)
@@ -200,12 +221,18 @@ def _connect(address: str | None) -> bool:
             ray.init(address=address)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise GfoError(
-                f"could not join the Ray cluster at run.ray_address={address!r} ({_first_line(exc)}); "
+                f"could not join the Ray cluster at run.ray_address={address!r} ({first_line(exc)}); "
                 "start one with `ray start --head` or leave --ray-address out for a local instance"
             ) from None
         return True
     temp = Path(tempfile.gettempdir()) / f"gfo-ray-{os.getuid()}"
-    ray.init(num_cpus=os.cpu_count() or 1, _temp_dir=str(temp), include_dashboard=False)
+    try:
+        ray.init(num_cpus=os.cpu_count() or 1, _temp_dir=str(temp), include_dashboard=False)
+    except Exception as exc:  # Ray raises a plain Exception when its start-up times out
+        raise GfoError(
+            f"could not start a local Ray instance ({first_line(exc)}); the machine may be too busy "
+            "for Ray's 30 s start-up limit: retry, or run without --actors"
+        ) from None
     return True
 
 
@@ -275,8 +302,3 @@ def _join(parts: list[Evaluation], starts: list[int], sense: Sense) -> Evaluatio
         for s in parts[which].samples
     ]
     return joined
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

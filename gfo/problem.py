@@ -59,7 +59,9 @@ class Problem:
 
     Subclasses set `sense` once (the only place the objective direction is declared), define
     `Config` (a frozen dataclass of their settings), `solution_length`, and `evaluate`. Every
-    problem is constructed the same way: `Problem(config)`.
+    problem is constructed the same way: `Problem(config)`, which must stay cheap: the heavy part
+    goes into `prepare()`, and `solution_length` must be known without it (the driver of a Ray run
+    never prepares, and `gfo tune` sizes its search before any trial does).
     """
 
     sense: ClassVar[Sense] = "min"
@@ -85,6 +87,23 @@ class Problem:
 
     def prepare(self) -> None:
         """Heavy one-time setup (load a model); called once per process before evaluating."""
+
+    def close(self) -> None:
+        """Release what `prepare()` took (a model, an inference engine); a later evaluation prepares again.
+
+        The run loop calls it when a run ends however it ends (done, error, signal), Ray actors when
+        they shut down, `gfo tune` for the problem it sized the search with. Must be safe to call on
+        a problem never prepared, and twice.
+        """
+
+    def driver_state(self) -> Any:
+        """What a prepared worker (a Ray actor) hands the driver's copy of the problem, so that the
+        driver answers `initial_center()`, `export()` and `describe()` without `prepare()` (without
+        loading a model of its own). None (default): the driver needs nothing."""
+        return None
+
+    def adopt_driver_state(self, state: Any) -> None:
+        """Take a worker's `driver_state()` (called in the driver, before `initial_center()`)."""
 
     def evaluate(self, population: torch.Tensor, context: Context) -> Evaluation:
         """Fitness of each row of a (popsize, solution_length) tensor."""
@@ -120,7 +139,3 @@ class Problem:
 def better(a: float, b: float, sense: Sense) -> bool:
     """True if fitness `a` is strictly better than `b` under `sense` (NaN is never better)."""
     return a < b if sense == "min" else a > b
-
-
-def worst(sense: Sense) -> float:
-    return float("inf") if sense == "min" else float("-inf")

@@ -49,11 +49,11 @@ class ProgressBar(Callback):
             status += f"  held-out at start {record['heldout_initial']:.4g}"
         if "heldout" in record:
             status += f"  held-out {record['heldout']['center']:.4g}"
-        if "generated_tokens_per_s" in record:
-            status += f"  {record['generated_tokens_per_s']:.0f} tok/s"
+        for name in counters(record):  # the problem's own, e.g. an LLM task's generated tokens
+            status += f"  {record[f'{name}_per_s']:.0f} {name.replace('_', ' ')}/s"
         self._progress.update(self._task, completed=record["generation"] + 1, status=status)
         if not self.console.is_terminal:
-            self.console.print(f"generation {record['generation']}: {status}")
+            self.console.print(f"generation {record['generation']}: {status}", soft_wrap=True)  # a log line
 
     def close(self) -> None:
         if self._progress is not None:
@@ -62,3 +62,8 @@ class ProgressBar(Callback):
 
     def on_end(self, summary: dict[str, Any]) -> None:
         self.close()
+
+
+def counters(record: dict[str, Any]) -> list[str]:
+    """The counters in a metrics record: the loop logs each as NAME, NAME_per_s and NAME_total."""
+    return [k for k in record if f"{k}_per_s" in record and f"{k}_total" in record]

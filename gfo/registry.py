@@ -1,7 +1,10 @@
 """Name -> class registries with lazy built-ins and third-party entry points.
 
-Built-ins are registered as "module:attr" strings so that listing names (and `gfo --help`) imports
-neither torch nor transformers; plug-ins arrive through the `gfo.<kind>` entry point groups.
+Targets are "module:attr" strings, imported only when a name is used, so that listing names (and
+`gfo --help`) imports neither torch nor transformers. What lives in gfo itself (algorithms,
+trackers) is registered here; everything else arrives through the `gfo.<kind>s` entry point groups,
+problems included: gfo's own test functions and tasks are declared in its pyproject.toml exactly as
+a third party declares its own, so this package names no package above it.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ class Registry:
     def __init__(self, kind: str, builtins: dict[str, str]) -> None:
         self.kind = kind
         self._targets: dict[str, str | Any] = dict(builtins)
+        self._origin = dict.fromkeys(builtins, "gfo")  # name -> the package that registered it
         self._plugins_loaded = False
 
     def register(self, name: str, target: str | Any) -> None:
@@ -26,6 +30,12 @@ class Registry:
         if name in self._targets:
             raise GfoError(f"{self.kind} {name!r} is already registered; pick another name")
         self._targets[name] = target
+        self._origin[name] = "a register() call"
+
+    def origin(self, name: str) -> str:
+        """Who registered `name`: "gfo", a distribution's name (an entry point), or a register() call."""
+        self._load_plugins()
+        return self._origin[name]
 
     def names(self) -> list[str]:
         self._load_plugins()
@@ -34,6 +44,11 @@ class Registry:
     def get(self, name: str) -> Any:
         self._load_plugins()
         if name not in self._targets:
+            if not self._targets:  # not even gfo's own entry points: stale package metadata
+                raise GfoError(
+                    f"unknown {self.kind} {name!r}: no {self.kind}s are registered at all (entry point "
+                    f"group gfo.{self.kind}s is empty); reinstall gfo, e.g. pip install --no-deps -e ."
+                )
             raise GfoError(unknown_name(self.kind, name, self.names()))
         target = self._targets[name]
         if isinstance(target, str):
@@ -52,11 +67,14 @@ class Registry:
             return
         self._plugins_loaded = True
         for ep in entry_points(group=f"gfo.{self.kind}s"):
+            package = ep.dist.name if ep.dist is not None else "an unnamed package"
             if ep.name in self._targets:
                 raise GfoError(
-                    f"entry point {ep.value} registers {self.kind} {ep.name!r}, which already exists"
+                    f"entry point {ep.value} of {package} registers {self.kind} {ep.name!r}, which "
+                    f"{self._origin[ep.name]} already registers; rename one of them or uninstall one"
                 )
             self._targets[ep.name] = ep.value
+            self._origin[ep.name] = package
 
 
 def unknown_name(kind: str, name: str, known: list[str]) -> str:
@@ -78,20 +96,12 @@ ALGORITHMS = Registry(
     },
 )
 
-PROBLEMS = Registry(
-    "problem",
-    {
-        "sphere": "problems.benchmarks:Sphere",
-        "rastrigin": "problems.benchmarks:Rastrigin",
-        "rosenbrock": "problems.benchmarks:Rosenbrock",
-        "ellipsoid": "problems.benchmarks:Ellipsoid",
-        "bbob": "problems.bbob:BBOB",
-        "gsm8k": "problems.gsm8k:Problem",
-        "arithmetic": "problems.arithmetic:Problem",
-        "countdown": "problems.countdown:Problem",
-        "instruct": "problems.instruct:Problem",
-    },
-)
+#: Every problem is a plug-in (`gfo.problems` entry points), the built-in ones included.
+PROBLEMS = Registry("problem", {})
+
+#: Commands that plug-ins add to `gfo` (`gfo.commands` entry points), the LLM adapter's `eval` and
+#: `sft` included: a function becomes the command of the entry point's name, a Typer app a group.
+COMMANDS = Registry("command", {})
 
 #: Experiment trackers for `run.track` (`gfo.tracking`); each imports its package only when used.
 TRACKERS = Registry(

@@ -1,4 +1,4 @@
-"""One torch thread for small CPU work (shared by gfo's COCO driver and gfo_llm's SVDs)."""
+"""One torch thread for small CPU work (shared by gfo's COCO driver and the LLM adapter's SVDs)."""
 
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -45,7 +46,8 @@ def save_peft_adapter(
 
     Loadable by `peft.PeftModel.from_pretrained(base, path)` and vLLM's `LoRARequest` (with
     `max_lora_rank` >= the saved rank, 2r after PiSSA). Scaling is folded into B, so the config
-    says lora_alpha = r. The directory is written elsewhere and renamed into place.
+    says lora_alpha = r. The directory is written beside it and renamed into place; what a save
+    killed midway left there (`.NAME.*`) is removed first.
     """
     from peft import LoraConfig
     from safetensors.torch import save_file
@@ -67,6 +69,11 @@ def save_peft_adapter(
         base_model_name_or_path=base_model_id,
         inference_mode=True,
     )
+    # PEFT keeps target_modules as a set, which json writes in the order of the process's string
+    # hashes (PYTHONHASHSEED): sorted, every process writes the same adapter_config.json.
+    for key, value in list(vars(config).items()):
+        if isinstance(value, set):
+            setattr(config, key, sorted(value))
     tensors: dict[str, Tensor] = {}
     for name, (a, b) in weights.items():
         tensors[f"base_model.model.{name}.lora_A.weight"] = a.detach().to(torch.float32).contiguous()
@@ -74,6 +81,8 @@ def save_peft_adapter(
 
     target = Path(path).expanduser()
     target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{glob.escape(target.name)}.*"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     old = target.with_name(f".{target.name}.old")
     try:

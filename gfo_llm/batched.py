@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -193,6 +193,20 @@ class GenerationResult:
         return rows.count(False) / len(rows) if rows else 0.0
 
 
+class Engine(Protocol):
+    """What `LLMProblem` generates with: `PopulationGenerator` or `gfo_llm.vllm_backend.VLLMGenerator`."""
+
+    def generate(
+        self, vectors: Tensor, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = ()
+    ) -> GenerationResult:
+        """Greedy completions of every candidate (rows of `vectors`) on every (chat-templated) prompt."""
+        ...
+
+    def close(self) -> None:
+        """Release what the engine holds (its hooks into the model, a vLLM engine); idempotent."""
+        ...
+
+
 class PopulationGenerator:
     """Greedy generation for a whole population: candidates x prompts rows, per-row LoRA.
 
@@ -218,7 +232,7 @@ class PopulationGenerator:
         self.row_budget = row_budget
         self.engine = engine
         self.layers = install(model, space.modules)
-        self._eos = _eos_ids(model, tokenizer)
+        self._eos = eos_ids(model, tokenizer)
         self.last_stats: DecodeStats | None = None  # the continuous engine's counts of the last call
 
     @torch.inference_mode()
@@ -261,13 +275,6 @@ class PopulationGenerator:
             for layer in self.layers.values():
                 layer.clear()
         return GenerationResult(completions, num_tokens, finished, time.perf_counter() - start_time)
-
-    def generate_one(
-        self, vector: Tensor | None, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = ()
-    ) -> GenerationResult:
-        """One candidate (None: the space's centre, i.e. the initial adapter) on many prompts."""
-        center = self.space.center() if vector is None else torch.as_tensor(vector)
-        return self.generate(center.reshape(1, -1), prompts, max_new_tokens, stop)
 
     def _continuous(
         self,
@@ -318,8 +325,9 @@ class PopulationGenerator:
         )
 
     def close(self) -> None:
-        """Restore the model's plain linear layers (the base weights stay as they are)."""
-        uninstall(self.model)
+        """Restore the model's plain linear layers (the base weights stay as they are); idempotent."""
+        if self.layers:
+            uninstall(self.model)
         self.layers = {}
 
     def _generate_rows(
@@ -364,7 +372,8 @@ def decode_rows(
     return list(texts), counts, finished
 
 
-def _eos_ids(model: nn.Module, tokenizer: Any) -> list[int]:
+def eos_ids(model: nn.Module, tokenizer: Any) -> list[int]:
+    """EOS ids of the model's generation config and the tokenizer: what both backends stop on."""
     ids: set[int] = set()
     config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     for value in (config_eos, tokenizer.eos_token_id):

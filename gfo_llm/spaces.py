@@ -30,9 +30,9 @@ from torch import Tensor, nn
 
 from gfo.errors import GfoError
 from gfo.threads import one_thread
+from gfo_llm.config import INITS
 
 LoRAWeights = dict[str, tuple[Tensor, Tensor]]
-INIT_METHODS = ("pissa", "random")
 
 
 def target_linear_modules(model: nn.Module, target_modules: Sequence[str]) -> list[str]:
@@ -64,6 +64,37 @@ def target_linear_modules(model: nn.Module, target_modules: Sequence[str]) -> li
     return found
 
 
+#: Per module, the shapes of A (r, in) and B (out, r).
+LoRAShapes = dict[str, tuple[tuple[int, int], tuple[int, int]]]
+
+
+def init_shapes(model: nn.Module, target_modules: Sequence[str], rank: int) -> LoRAShapes:
+    """The shapes of `init_lora(model, target_modules, rank)`'s factors, with its checks, computing
+    nothing: `model` may be an `empty_model` (meta device)."""
+    if rank < 1:
+        raise GfoError(f"rank must be >= 1; got {rank}, use e.g. 8")
+    modules = dict(model.named_modules())
+    shapes: LoRAShapes = {}
+    for name in target_linear_modules(model, target_modules):
+        out_features, in_features = modules[name].weight.shape
+        if rank > min(out_features, in_features):
+            raise GfoError(
+                f"rank {rank} exceeds the size of {name} ({out_features}x{in_features}); "
+                f"use rank <= {min(out_features, in_features)}"
+            )
+        shapes[name] = ((rank, in_features), (out_features, rank))
+    return shapes
+
+
+def search_dim(space: str, shapes: LoRAShapes, alpha: float = 1.0) -> int:
+    """The `dim` of `SVDSpace(lora, alpha)` ("svd") or `LoRASpace(lora)` ("lora") for factors of these
+    shapes, without building them: 2 ceil(alpha min(r, in)) or r (in + out) per module."""
+    if space == "svd":
+        # SVDSpace searches ceil(alpha k) of the k = min(r, in) singular values of each factor.
+        return sum(2 * math.ceil(alpha * min(a)) for a, _ in shapes.values())
+    return sum(a[0] * a[1] + b[0] * b[1] for a, b in shapes.values())
+
+
 @torch.inference_mode()
 def init_lora(
     model: nn.Module, target_modules: Sequence[str], rank: int, method: str = "pissa", seed: int = 0
@@ -77,29 +108,22 @@ def init_lora(
 
     "random": A Kaiming-uniform (as PEFT), B = 0; the model is left untouched.
     """
-    if method not in INIT_METHODS:
-        raise GfoError(f"init must be one of {', '.join(INIT_METHODS)}; got {method!r}")
-    if rank < 1:
-        raise GfoError(f"rank must be >= 1; got {rank}, use e.g. 8")
+    if method not in INITS:
+        raise GfoError(f"init must be one of {', '.join(INITS)}; got {method!r}")
     modules = dict(model.named_modules())
     generator = torch.Generator().manual_seed(seed)
     lora: LoRAWeights = {}
     with one_thread():
-        for name in target_linear_modules(model, target_modules):
-            lora[name] = _init_module(modules[name], name, rank, method, generator)
+        for name in init_shapes(model, target_modules, rank):
+            lora[name] = _init_module(modules[name], rank, method, generator)
     return lora
 
 
 def _init_module(
-    layer: nn.Module, name: str, rank: int, method: str, generator: torch.Generator
+    layer: nn.Module, rank: int, method: str, generator: torch.Generator
 ) -> tuple[Tensor, Tensor]:
     assert isinstance(layer, nn.Linear)
     out_features, in_features = layer.weight.shape
-    if rank > min(out_features, in_features):
-        raise GfoError(
-            f"rank {rank} exceeds the size of {name} ({out_features}x{in_features}); "
-            f"use rank <= {min(out_features, in_features)}"
-        )
     if method == "random":
         bound = 1.0 / math.sqrt(in_features)  # kaiming_uniform_(a=sqrt(5)), PEFT's default for A
         a = (torch.rand(rank, in_features, generator=generator) * 2 - 1) * bound
@@ -113,18 +137,29 @@ def _init_module(
     return a.cpu(), b.cpu()
 
 
-def load_peft_adapter(
+@dataclass(frozen=True)
+class AdapterLayout:
+    """What a PEFT LoRA adapter directory holds, read from its config and the safetensors header."""
+
+    weights_file: Path
+    base_model: str | None  # base_model_name_or_path
+    scaling: float  # lora_alpha / r, or lora_alpha / sqrt(r) with rsLoRA
+    keys: dict[str, tuple[str, str]]  # module path -> (lora_A key, lora_B key), model order
+    shapes: LoRAShapes  # module path -> (A shape, B shape), model order
+
+
+def adapter_layout(
     path: str | Path,
     model: nn.Module,
     rank: int | None = None,
     target_modules: Sequence[str] | None = None,
-) -> LoRAWeights:
-    """Read a PEFT LoRA adapter directory (safetensors) into LoRA weights, scaling folded into B.
+) -> AdapterLayout:
+    """Check that a PEFT LoRA adapter directory fits `model` without reading its tensors.
 
-    Checks that it fits `model` (module paths and shapes), and, when given, the expected `rank`
-    and `target_modules`; each mismatch is a `GfoError` naming the problem and the fix.
+    Every check of `load_peft_adapter` is made here, from `adapter_config.json` and the tensor
+    shapes in the safetensors header, so `model` may be an `empty_model` (meta device).
     """
-    from safetensors.torch import load_file
+    from safetensors import safe_open
 
     directory = Path(path).expanduser()
     where = repr(str(path))
@@ -153,14 +188,16 @@ def load_peft_adapter(
     alpha = float(config.get("lora_alpha", r))
     scaling = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
 
-    tensors = load_file(str(weights_file))
-    factors: dict[str, dict[str, Tensor]] = {}
-    for key, tensor in tensors.items():
+    with safe_open(str(weights_file), framework="pt") as handle:  # the header only, no tensor
+        names = handle.keys()
+        header = {key: tuple(handle.get_slice(key).get_shape()) for key in names}
+    factors: dict[str, dict[str, tuple[str, tuple[int, ...]]]] = {}
+    for key, shape in header.items():
         stem = key.removeprefix("base_model.model.")
         for part in ("lora_A", "lora_B"):
             marker = f".{part}."
             if marker in stem:
-                factors.setdefault(stem.split(marker)[0], {})[part] = tensor
+                factors.setdefault(stem.split(marker)[0], {})[part] = (key, shape)
                 break
         else:
             raise GfoError(
@@ -168,39 +205,79 @@ def load_peft_adapter(
             )
 
     modules = dict(model.named_modules())
-    lora: LoRAWeights = {}
+    shapes: LoRAShapes = {}
     for name, pair in factors.items():
         if set(pair) != {"lora_A", "lora_B"}:
             raise GfoError(f"adapter {where} lacks lora_A or lora_B for {name}; the file is incomplete")
         layer = modules.get(name)
-        a, b = pair["lora_A"].to(torch.float32), pair["lora_B"].to(torch.float32)
-        if not isinstance(layer, nn.Linear) or layer.weight.shape != (b.shape[0], a.shape[1]):
+        a, b = _pair(pair["lora_A"][1], where), _pair(pair["lora_B"][1], where)
+        shapes[name] = (a, b)
+        if not isinstance(layer, nn.Linear) or tuple(layer.weight.shape) != (b[0], a[1]):
             if isinstance(layer, nn.Linear):
                 found = "x".join(map(str, layer.weight.shape))
             else:
                 found = "missing" if layer is None else f"a {type(layer).__name__}, not a plain linear layer"
             raise GfoError(
                 f"adapter {where} was made for base model {base_name!r}: its {name} is "
-                f"{b.shape[0]}x{a.shape[1]}, this model's is {found}; load it on that base model"
+                f"{b[0]}x{a[1]}, this model's is {found}; load it on that base model"
             )
-        lora[name] = (a.contiguous(), (b * scaling).contiguous())
-    if not lora:
+    if not factors:
         raise GfoError(f"adapter {where} holds no LoRA weights; pass a trained PEFT LoRA adapter")
     if target_modules is not None:
-        adapted = {name.rsplit(".", 1)[-1] for name in lora}
+        adapted = {name.rsplit(".", 1)[-1] for name in factors}
         if adapted != set(target_modules):
             raise GfoError(
                 f"adapter {where} adapts {','.join(sorted(adapted))} but target_modules is "
                 f"{','.join(target_modules)}; set problem.target_modules={','.join(sorted(adapted))}"
             )
+    # Model order, so that vectors do not depend on the file's key order.
+    ordered = [name for name in modules if name in factors]
+    return AdapterLayout(
+        weights_file=weights_file,
+        base_model=base_name,
+        scaling=scaling,
+        keys={name: (factors[name]["lora_A"][0], factors[name]["lora_B"][0]) for name in ordered},
+        shapes={name: shapes[name] for name in ordered},
+    )
+
+
+def _pair(shape: tuple[int, ...], where: str) -> tuple[int, int]:
+    if len(shape) != 2:
+        raise GfoError(
+            f"adapter {where} holds a LoRA factor of shape {shape}, not a matrix; the file is broken"
+        )
+    return shape[0], shape[1]
+
+
+def load_peft_adapter(
+    path: str | Path,
+    model: nn.Module,
+    rank: int | None = None,
+    target_modules: Sequence[str] | None = None,
+) -> LoRAWeights:
+    """Read a PEFT LoRA adapter directory (safetensors) into LoRA weights, scaling folded into B.
+
+    Checks that it fits `model` (module paths and shapes), and, when given, the expected `rank`
+    and `target_modules`; each mismatch is a `GfoError` naming the problem and the fix
+    (`adapter_layout`).
+    """
+    from safetensors import safe_open
+
+    layout = adapter_layout(path, model, rank, target_modules)
+    lora: LoRAWeights = {}
+    with safe_open(str(layout.weights_file), framework="pt") as handle:
+        for name, (key_a, key_b) in layout.keys.items():
+            a = handle.get_tensor(key_a).to(torch.float32)
+            b = handle.get_tensor(key_b).to(torch.float32)
+            lora[name] = (a.contiguous(), (b * layout.scaling).contiguous())
+    base_name = layout.base_model
     ours = getattr(model, "gfo_model_id", None) or getattr(model, "name_or_path", None)
     if base_name and ours and Path(str(base_name)).name != Path(str(ours)).name:
         warnings.warn(
-            f"adapter {where} names base model {base_name!r}, loading it on {ours!r} (shapes match)",
+            f"adapter {str(path)!r} names base model {base_name!r}, loading it on {ours!r} (shapes match)",
             stacklevel=2,
         )
-    # Model order, so that vectors do not depend on the file's key order.
-    return {name: lora[name] for name in modules if name in lora}
+    return lora
 
 
 @dataclass(frozen=True)

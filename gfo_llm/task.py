@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
+from gfo.errors import ConfigError
 from gfo_llm.config import LLMConfig
 
 Example = Mapping[str, Any]
@@ -15,8 +17,8 @@ class Task(ABC):
     """A task with a verifiable reward.
 
     A subclass names its config (a frozen dataclass extending `LLMConfig` with the task's own
-    keys) and implements three methods. It never touches a model: `gfo_llm` turns a task into a
-    `gfo.Problem` with `LLMProblem.for_task`.
+    keys) and implements three methods; `__init__` refuses a config of any other type. It never
+    touches a model: `gfo_llm` turns a task into a `gfo.Problem` with `LLMProblem.for_task`.
     """
 
     name: ClassVar[str]
@@ -27,6 +29,14 @@ class Task(ABC):
     stop: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: LLMConfig) -> None:
+        wanted = type(self).Config
+        if not isinstance(config, wanted):
+            owner = type(self).__name__
+            article = "an" if owner[0] in "AEIOU" else "a"
+            raise ConfigError(
+                f"{self.name} needs {article} {owner}.Config, got {type(config).__name__}; "
+                f"use {owner}.Config()"
+            )
         self.config = config
 
     @abstractmethod
@@ -44,3 +54,23 @@ class Task(ABC):
     def reference(self, example: Example) -> str | None:
         """A reference completion for supervised warm start (`gfo sft`); None if the task has none."""
         return None
+
+
+def lazy_problem(module: str, task: type[Task]) -> Callable[[str], Any]:
+    """A module `__getattr__` that builds `Problem`, the gfo problem of `task`, on first use.
+
+    A task module sets `__getattr__ = lazy_problem(__name__, MyTask)` so that its registry target
+    ("problems.mytask:Problem") resolves, while importing the module (to list tasks, for `--help`)
+    does not import `gfo_llm.problem` and with it torch and transformers.
+    """
+
+    def __getattr__(name: str) -> Any:
+        if name == "Problem":
+            from gfo_llm.problem import LLMProblem
+
+            problem = LLMProblem.for_task(task)
+            vars(sys.modules[module])["Problem"] = problem  # built once: later lookups skip this
+            return problem
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+
+    return __getattr__

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from gfo.errors import GfoError
 from gfo_llm.batched import GenerationResult
+from gfo_llm.config import LLMConfig
 from gfo_llm.decode import stop_length, stop_matcher
 from gfo_llm.spaces import LoRAWeights, Space
 
@@ -165,13 +166,6 @@ class VLLMGenerator:
         )
         return GenerationResult(texts, counts, finished, time.perf_counter() - start)
 
-    def generate_one(
-        self, vector: Tensor | None, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = ()
-    ) -> GenerationResult:
-        """One candidate (None: the space's centre, i.e. the initial adapter) on many prompts."""
-        center = self.space.center() if vector is None else torch.as_tensor(vector)
-        return self.generate(center.reshape(1, -1), prompts, max_new_tokens, stop)
-
     def close(self) -> None:
         """Stop the engine and delete the adapter folder."""
         if self.llm is not None:
@@ -262,39 +256,30 @@ def result_from_token_rows(
     return grid(texts), grid(counts), grid(finished)
 
 
-def eos_ids(model: Any, tokenizer: Any) -> list[int]:
-    """EOS ids of the model's generation config and the tokenizer (what the transformers backend stops on)."""
-    ids: set[int] = set()
-    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    for value in (config_eos, tokenizer.eos_token_id):
-        if isinstance(value, int):
-            ids.add(value)
-        elif value is not None:
-            ids.update(int(v) for v in value)
-    if not ids:
-        raise GfoError("the tokenizer and model define no EOS token; set tokenizer.eos_token")
-    return sorted(ids)
-
-
-def vllm_generator(problem: Any) -> VLLMGenerator:
-    """The vLLM engine of a prepared-so-far `LLMProblem` (model, tokenizer, space, residual loaded)."""
-    from gfo_llm.model import model_id
-
-    c = problem.config
-    directory = model_id(problem.model)
-    if directory.endswith(".gguf"):
-        raise GfoError(f"vLLM needs a safetensors model directory, not the GGUF file {directory}")
+def vllm_generator(
+    model_dir: str,
+    tokenizer: Any,
+    space: Space,
+    config: LLMConfig,
+    *,
+    eos_ids: Sequence[int],
+    residual: LoRAWeights | None = None,
+) -> VLLMGenerator:
+    """The vLLM engine for `config` (its target modules, dtype and `vllm` settings) over the ORIGINAL
+    weights in `model_dir`, which exported candidates also name as their base."""
+    if model_dir.endswith(".gguf"):
+        raise GfoError(f"vLLM needs a safetensors model directory, not the GGUF file {model_dir}")
     return VLLMGenerator(
-        directory,
-        problem.tokenizer,
-        problem.space,
-        eos_ids=eos_ids(problem.model, problem.tokenizer),
-        base_model_id=problem.model_id,
-        target_modules=c.target_modules,
-        residual=problem.residual,
-        dtype=c.dtype,
-        quantization=c.quantization,
-        max_loras=c.max_loras,
-        max_model_len=c.max_model_len,
-        gpu_memory_utilization=c.gpu_memory_utilization,
+        model_dir,
+        tokenizer,
+        space,
+        eos_ids=eos_ids,
+        base_model_id=model_dir,
+        target_modules=config.target_modules,
+        residual=residual,
+        dtype=config.dtype,
+        quantization=config.quantization,
+        max_loras=config.max_loras,
+        max_model_len=config.max_model_len,
+        gpu_memory_utilization=config.gpu_memory_utilization,
     )

@@ -1,11 +1,16 @@
-"""Settings shared by tasks whose items are generated from a seed (arithmetic, countdown, instruct)."""
+"""What tasks with items generated from a seed share (arithmetic, countdown, instruct): settings, splits."""
 
 from __future__ import annotations
 
+import random
+from abc import abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from gfo.errors import ConfigError
+from gfo.errors import ConfigError, GfoError
 from gfo_llm.config import LLMConfig
+from gfo_llm.task import Example, Task
 
 MAX_ITEMS = 100_000
 
@@ -31,3 +36,40 @@ class GeneratedConfig(LLMConfig):
             raise ConfigError(
                 f"problem.format_bonus must be in [0, 1]; got {self.format_bonus}, use 0 (off) or e.g. 0.1"
             )
+
+
+class GeneratedTask(Task):
+    """A task whose train and test items are generated from `problem.data_seed`, disjoint.
+
+    The test split comes first, from its own stream, so it does not change when train_size does;
+    train is drawn from another stream and skips every test item.
+    """
+
+    config: GeneratedConfig
+
+    def __init__(self, config: LLMConfig) -> None:
+        super().__init__(config)
+        self._examples: dict[str, list[dict[str, Any]]] = {}
+
+    def examples(self, split: str) -> Sequence[Example]:
+        if split not in self.splits:
+            raise GfoError(f"{self.name} has no split {split!r}; use one of {', '.join(self.splits)}")
+        if not self._examples:
+            stream = self._stream()
+            test = self._generate(self.config.test_size, random.Random(f"{stream}-test"), set())
+            seen = {self._key(row) for row in test}
+            train = self._generate(self.config.train_size, random.Random(f"{stream}-train"), seen)
+            self._examples = {"test": test, "train": train}
+        return self._examples[split]
+
+    def _stream(self) -> str:
+        """The seed of the items; each split appends its name."""
+        return f"{self.name}-{self.config.data_seed}"
+
+    @abstractmethod
+    def _generate(self, size: int, rng: random.Random, seen: set[Any]) -> list[dict[str, Any]]:
+        """`size` distinct items drawn with `rng`, none of whose keys is in `seen`."""
+
+    @abstractmethod
+    def _key(self, row: dict[str, Any]) -> Any:
+        """What makes two items the same (and so never in both splits)."""

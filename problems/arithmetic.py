@@ -13,9 +13,9 @@ from typing import Any, ClassVar, NamedTuple
 
 from gfo.errors import ConfigError, GfoError
 from gfo_llm.config import LLMConfig
-from gfo_llm.task import Example, Task
+from gfo_llm.task import Example, lazy_problem
 from problems._answers import ANSWER_LINE, evaluate_expression, numeric_rewards
-from problems._generated import GeneratedConfig
+from problems._generated import GeneratedConfig, GeneratedTask
 
 PROMPT = 'Compute {expression}. Give the final answer on its own last line, in the form "#### <number>".'
 
@@ -54,7 +54,7 @@ class ArithmeticConfig(GeneratedConfig):
             )
 
 
-class Arithmetic(Task):
+class Arithmetic(GeneratedTask):
     """Evaluate an integer expression; reward 1 for the exact value."""
 
     name: ClassVar[str] = "arithmetic"
@@ -62,33 +62,21 @@ class Arithmetic(Task):
     stop: ClassVar[tuple[str, ...]] = (ANSWER_LINE,)
     config: ArithmeticConfig
 
-    def __init__(self, config: LLMConfig) -> None:
-        if not isinstance(config, ArithmeticConfig):
-            raise ConfigError(
-                f"arithmetic needs an Arithmetic.Config, got {type(config).__name__}; use Arithmetic.Config()"
-            )
-        super().__init__(config)
-        self._examples: dict[str, list[dict[str, Any]]] = {}
-
-    def examples(self, split: str) -> Sequence[Example]:
-        if split not in self.splits:
-            raise GfoError(f"arithmetic has no split {split!r}; use one of {', '.join(self.splits)}")
-        if not self._examples:
-            cfg = self.config
-            level, stream = LEVELS[cfg.level], f"arithmetic-{cfg.level}-{cfg.data_seed}"
-            # Test first, from its own stream: the test set does not change when train_size does.
-            test = _generate(level, cfg.test_size, random.Random(f"{stream}-test"))
-            seen = {row["expression"] for row in test}
-            train = _generate(level, cfg.train_size, random.Random(f"{stream}-train"), seen)
-            self._examples = {"test": test, "train": train}
-        return self._examples[split]
-
     def prompt(self, example: Example) -> str:
         return PROMPT.format(expression=example["expression"])
 
     def reward(self, completions: Sequence[str], examples: Sequence[Example]) -> list[float]:
         targets = [example["target"] for example in examples]
         return numeric_rewards(completions, targets, self.config.format_bonus)
+
+    def _stream(self) -> str:
+        return f"arithmetic-{self.config.level}-{self.config.data_seed}"
+
+    def _generate(self, size: int, rng: random.Random, seen: set[Any]) -> list[dict[str, Any]]:
+        return _generate(LEVELS[self.config.level], size, rng, seen)
+
+    def _key(self, row: dict[str, Any]) -> Any:
+        return row["expression"]
 
     def reference(self, example: Example) -> str:
         """A worked answer for `gfo sft`: one line per operation, left to right, then `#### N`.
@@ -100,17 +88,7 @@ class Arithmetic(Task):
         return "\n".join([*steps, f"#### {example['target']}"])
 
 
-def __getattr__(name: str) -> Any:
-    """`Problem`, the gfo problem the registry loads ("problems.arithmetic:Problem"), built on first use.
-
-    Lazy because `gfo_llm.problem` imports torch and transformers, which listing tasks must not.
-    """
-    if name == "Problem":
-        from gfo_llm.problem import LLMProblem
-
-        problem = globals()["Problem"] = LLMProblem.for_task(Arithmetic)
-        return problem
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_problem(__name__, Arithmetic)
 
 
 def _steps(expression: str) -> list[str]:

@@ -9,13 +9,13 @@ first use.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
+from gfo.config import check_spread
 from gfo.errors import ConfigError, GfoError
 from gfo.problem import Context, Evaluation, Problem, Sense
 
@@ -50,13 +50,14 @@ class BBOBConfig:
             raise ConfigError(f"problem.function must be a BBOB function id 1 to 24; got {self.function}")
         if self.instance < 1:
             raise ConfigError(f"problem.instance must be >= 1; got {self.instance}")
+        if self.instance >= 2**31:  # cocoex takes a C int (beyond, its suite segfaults)
+            raise ConfigError(f"problem.instance must be < 2**31; got {self.instance}")
         if self.dim not in DIMENSIONS:
             raise ConfigError(
                 f"problem.dim must be one of the bbob dimensions {', '.join(map(str, DIMENSIONS))}; "
                 f"got {self.dim}"
             )
-        if not (self.stdev > 0 and math.isfinite(self.stdev)):
-            raise ConfigError(f"problem.stdev must be > 0; got {self.stdev}")
+        check_spread("problem.stdev", self.stdev)
 
 
 class BBOB(Problem):

@@ -12,8 +12,12 @@ from typing import ClassVar
 
 import torch
 
+from gfo.config import STDEV_RANGE, check_spread
 from gfo.errors import ConfigError
 from gfo.problem import Context, Evaluation, Problem, Sense
+
+#: A population is popsize x dim float32 values: a billion coordinates is a typo, not a test function.
+MAX_DIM = 10_000_000
 
 
 @dataclass(frozen=True)
@@ -25,10 +29,16 @@ class FunctionConfig:
     def __post_init__(self) -> None:
         if self.dim < 1:
             raise ConfigError(f"problem.dim must be >= 1; got {self.dim}")
-        if not self.stdev > 0:
-            raise ConfigError(f"problem.stdev must be > 0; got {self.stdev}")
+        if self.dim > MAX_DIM:
+            raise ConfigError(f"problem.dim must be <= {MAX_DIM}; got {self.dim}")
+        check_spread("problem.stdev", self.stdev)
         if not math.isfinite(self.center):
             raise ConfigError(f"problem.center must be finite; got {self.center}")
+        if not abs(self.center) <= STDEV_RANGE[1]:
+            raise ConfigError(
+                f"problem.center must be in [-{STDEV_RANGE[1]:g}, {STDEV_RANGE[1]:g}] (the search runs in "
+                f"float32); got {self.center}"
+            )
 
 
 class TestFunction(Problem):

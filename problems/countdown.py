@@ -17,9 +17,9 @@ from typing import Any, ClassVar
 
 from gfo.errors import ConfigError, GfoError
 from gfo_llm.config import LLMConfig
-from gfo_llm.task import Example, Task
+from gfo_llm.task import Example, lazy_problem
 from problems._answers import MAX_COMPLETION_CHARS, evaluate_expression
-from problems._generated import GeneratedConfig
+from problems._generated import GeneratedConfig, GeneratedTask
 
 PROMPT = (
     "Using the numbers {numbers}, write an arithmetic expression that equals {target}. Use each number "
@@ -54,32 +54,12 @@ class CountdownConfig(GeneratedConfig):
             raise ConfigError(f"problem.max_target must be in [1, 1000000]; got {self.max_target}, use 100")
 
 
-class Countdown(Task):
+class Countdown(GeneratedTask):
     """Reach the target with the given numbers; reward 1 for a valid expression equal to it."""
 
     name: ClassVar[str] = "countdown"
     Config: ClassVar[type[LLMConfig]] = CountdownConfig
     config: CountdownConfig
-
-    def __init__(self, config: LLMConfig) -> None:
-        if not isinstance(config, CountdownConfig):
-            raise ConfigError(
-                f"countdown needs a Countdown.Config, got {type(config).__name__}; use Countdown.Config()"
-            )
-        super().__init__(config)
-        self._examples: dict[str, list[dict[str, Any]]] = {}
-
-    def examples(self, split: str) -> Sequence[Example]:
-        if split not in self.splits:
-            raise GfoError(f"countdown has no split {split!r}; use one of {', '.join(self.splits)}")
-        if not self._examples:
-            cfg = self.config
-            # Test first, from its own stream: the test set does not change when train_size does.
-            test = self._generate(cfg.test_size, random.Random(f"countdown-{cfg.data_seed}-test"), set())
-            seen = {_key(row) for row in test}
-            train = self._generate(cfg.train_size, random.Random(f"countdown-{cfg.data_seed}-train"), seen)
-            self._examples = {"test": test, "train": train}
-        return self._examples[split]
 
     def prompt(self, example: Example) -> str:
         return PROMPT.format(numbers=list(example["numbers"]), target=example["target"])
@@ -99,7 +79,10 @@ class Countdown(Task):
     def reference(self, example: Example) -> str:
         return f"<answer>{example['solution']}</answer>"
 
-    def _generate(self, size: int, rng: random.Random, seen: set[tuple[Any, ...]]) -> list[dict[str, Any]]:
+    def _key(self, row: dict[str, Any]) -> Any:
+        return _key(row)
+
+    def _generate(self, size: int, rng: random.Random, seen: set[Any]) -> list[dict[str, Any]]:
         cfg = self.config
         rows: list[dict[str, Any]] = []
         for _ in range(200 * size):  # bounded: tiny number ranges cannot yield many distinct items
@@ -118,17 +101,7 @@ class Countdown(Task):
         )
 
 
-def __getattr__(name: str) -> Any:
-    """`Problem`, the gfo problem the registry loads ("problems.countdown:Problem"), built on first use.
-
-    Lazy because `gfo_llm.problem` imports torch and transformers, which listing tasks must not.
-    """
-    if name == "Problem":
-        from gfo_llm.problem import LLMProblem
-
-        problem = globals()["Problem"] = LLMProblem.for_task(Countdown)
-        return problem
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_problem(__name__, Countdown)
 
 
 def _key(row: dict[str, Any]) -> tuple[Any, ...]:

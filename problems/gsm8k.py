@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from gfo.errors import ConfigError, GfoError
+from gfo.errors import ConfigError, GfoError, first_line
 from gfo_llm.config import LLMConfig
-from gfo_llm.task import Example, Task
+from gfo_llm.task import Example, Task, lazy_problem
 from problems._answers import ANSWER_LINE, numeric_rewards
 
 PROMPT = (
@@ -54,10 +54,6 @@ class GSM8K(Task):
     config: GSM8KConfig
 
     def __init__(self, config: LLMConfig) -> None:
-        if not isinstance(config, GSM8KConfig):
-            raise ConfigError(
-                f"gsm8k needs a GSM8K.Config, got {type(config).__name__}; build it with GSM8K.Config()"
-            )
         super().__init__(config)
         self._examples: dict[str, list[dict[str, Any]]] = {}
 
@@ -82,17 +78,7 @@ class GSM8K(Task):
         return _CALCULATOR.sub("", example["answer"])
 
 
-def __getattr__(name: str) -> Any:
-    """`Problem`, the gfo problem the registry loads ("problems.gsm8k:Problem"), built on first use.
-
-    Lazy because `gfo_llm.problem` imports torch and transformers, which listing tasks must not.
-    """
-    if name == "Problem":
-        from gfo_llm.problem import LLMProblem
-
-        problem = globals()["Problem"] = LLMProblem.for_task(GSM8K)
-        return problem
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_problem(__name__, GSM8K)
 
 
 def _example(question: Any, answer: Any) -> dict[str, Any] | None:
@@ -139,9 +125,8 @@ def _load_hub(split: str) -> list[dict[str, Any]]:
         dataset = datasets.load_dataset("openai/gsm8k", "main", split=split)
         rows = [_example(row["question"], row["answer"]) for row in dataset]
     except Exception as err:
-        reason = (str(err).strip().splitlines() or [""])[0][:200]  # the CLI prints one line
         raise GfoError(
-            f"cannot load GSM8K from the Hugging Face hub ({type(err).__name__}: {reason}); "
+            f"cannot load GSM8K from the Hugging Face hub ({type(err).__name__}: {first_line(err)[:200]}); "
             "set GFO_DATA_DIR or problem.data_dir to a folder holding gsm8k/{train,test}.jsonl"
         ) from err
     if any(row is None for row in rows):

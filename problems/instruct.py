@@ -22,10 +22,10 @@ from typing import Any, ClassVar
 from gfo.errors import ConfigError, GfoError
 from gfo.registry import unknown_name
 from gfo_llm.config import LLMConfig
-from gfo_llm.task import Example, Task
+from gfo_llm.task import Example, lazy_problem
 from problems import _instructions as ins
 from problems._answers import MAX_COMPLETION_CHARS
-from problems._generated import GeneratedConfig
+from problems._generated import GeneratedConfig, GeneratedTask
 
 PROMPT = "Write a short paragraph about {topic}."
 # Expected mid-range on the bundled model (to be measured: docs/tasks.md). Low at base: lowercase,
@@ -121,32 +121,12 @@ class InstructConfig(GeneratedConfig):
                     )
 
 
-class Instruct(Task):
+class Instruct(GeneratedTask):
     """Write a short paragraph under IFEval constraints; reward: the fraction of them followed."""
 
     name: ClassVar[str] = "instruct"
     Config: ClassVar[type[LLMConfig]] = InstructConfig
     config: InstructConfig
-
-    def __init__(self, config: LLMConfig) -> None:
-        if not isinstance(config, InstructConfig):
-            raise ConfigError(
-                f"instruct needs an Instruct.Config, got {type(config).__name__}; use Instruct.Config()"
-            )
-        super().__init__(config)
-        self._examples: dict[str, list[dict[str, Any]]] = {}
-
-    def examples(self, split: str) -> Sequence[Example]:
-        if split not in self.splits:
-            raise GfoError(f"instruct has no split {split!r}; use one of {', '.join(self.splits)}")
-        if not self._examples:
-            cfg = self.config
-            # Test first, from its own stream: the test set does not change when train_size does.
-            test = self._generate(cfg.test_size, random.Random(f"instruct-{cfg.data_seed}-test"), set())
-            seen = {prompt_text(row) for row in test}
-            train = self._generate(cfg.train_size, random.Random(f"instruct-{cfg.data_seed}-train"), seen)
-            self._examples = {"test": test, "train": train}
-        return self._examples[split]
 
     def prompt(self, example: Example) -> str:
         return prompt_text(example)
@@ -164,7 +144,10 @@ class Instruct(Task):
         """A templated answer that follows every instruction of the prompt (formulaic, but valid SFT)."""
         return witness(example)
 
-    def _generate(self, size: int, rng: random.Random, seen: set[str]) -> list[dict[str, Any]]:
+    def _key(self, row: dict[str, Any]) -> Any:
+        return prompt_text(row)
+
+    def _generate(self, size: int, rng: random.Random, seen: set[Any]) -> list[dict[str, Any]]:
         cfg = self.config
         choices: list[tuple[str, ...]]
         if cfg.constraints_per_prompt == 1:
@@ -193,17 +176,7 @@ class Instruct(Task):
         )
 
 
-def __getattr__(name: str) -> Any:
-    """`Problem`, the gfo problem the registry loads ("problems.instruct:Problem"), built on first use.
-
-    Lazy because `gfo_llm.problem` imports torch and transformers, which listing tasks must not.
-    """
-    if name == "Problem":
-        from gfo_llm.problem import LLMProblem
-
-        problem = globals()["Problem"] = LLMProblem.for_task(Instruct)
-        return problem
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_problem(__name__, Instruct)
 
 
 def prompt_text(example: Example) -> str:

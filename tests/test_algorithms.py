@@ -89,36 +89,153 @@ def test_maximization_is_handled_by_the_declared_sense(name: str) -> None:
     assert torch.allclose(lo.center(), hi.center(), atol=1e-5)
 
 
-@pytest.mark.parametrize(
-    ("name", "evotorch_name", "kwargs", "lag"),
-    [
-        ("snes", "SNES", {}, 1),
-        ("xnes", "XNES", {"popsize": 32, "stdev_learning_rate": 2.0}, 1),
-        ("cmaes", "CMAES", {}, 0),
-        ("sep-cmaes", "CMAES", {"separable": True}, 0),
-    ],
-)
-def test_ask_tell_equals_evotorchs_own_step(name: str, evotorch_name: str, kwargs: dict, lag: int) -> None:
-    """The adapter only splits EvoTorch's step() at the evaluation: same seed, same trajectory.
+# gfo's defaults for n = 8, spread 2, spelled out as EvoTorch's class arguments.
+EVOTORCH_EQUIVALENTS = [
+    # name, EvoTorch class, its arguments, lazy (update applied at the next step()), bit-identical
+    (
+        "es",
+        "PGPE",
+        {
+            "popsize": 16,
+            "stdev_init": 0.05,
+            "center_learning_rate": 0.05,
+            "stdev_learning_rate": 0.0,
+            "optimizer": "adam",
+            "ranking_method": "centered",
+            "symmetric": True,
+            "stdev_max_change": None,
+        },
+        True,
+        True,
+    ),
+    (
+        "pgpe",
+        "PGPE",
+        {
+            "popsize": 32,
+            "stdev_init": 2.0,
+            "center_learning_rate": 0.1,
+            "stdev_learning_rate": 0.2,
+            "optimizer": "clipup",
+            "optimizer_config": {"max_speed": 0.2, "momentum": 0.9},
+            "ranking_method": "centered",
+            "symmetric": True,
+            "stdev_max_change": 0.2,
+        },
+        True,
+        False,  # functional ClipUp clips in another float order: a few ulps
+    ),
+    (
+        "cem",
+        "CEM",
+        {"popsize": 32, "stdev_init": 2.0, "parenthood_ratio": 0.25, "stdev_max_change": 0.1},
+        True,
+        True,
+    ),
+    ("snes", "SNES", {"stdev_init": 2.0}, True, True),
+    ("xnes", "XNES", {"stdev_init": 2.0, "popsize": 32, "stdev_learning_rate": 2.0}, True, True),
+    ("cmaes", "CMAES", {"stdev_init": 2.0}, False, True),
+    ("sep-cmaes", "CMAES", {"stdev_init": 2.0, "separable": True}, False, True),
+]
+
+
+def test_every_builtin_has_an_evotorch_equivalence_case() -> None:
+    assert {case[0] for case in EVOTORCH_EQUIVALENTS} == {
+        "es",
+        "pgpe",
+        "snes",
+        "xnes",
+        "cmaes",
+        "sep-cmaes",
+        "cem",
+    }
+
+
+@pytest.mark.parametrize("sense", ["min", "max"])
+@pytest.mark.parametrize(("name", "evotorch_name", "kwargs", "lazy", "exact"), EVOTORCH_EQUIVALENTS)
+def test_ask_tell_equals_evotorchs_own_step(
+    name: str, evotorch_name: str, kwargs: dict, lazy: bool, exact: bool, sense: str
+) -> None:
+    """Same seed, same settings: every generation gfo asks the population EvoTorch's class `step()`
+    samples, and holds the same centre and stdev (bit for bit; PGPE to 1e-5, ClipUp's rounding).
 
     EvoTorch's Gaussian algorithms update lazily (step k applies the update of generation k-1, then
-    samples), so after 20 of their steps they have applied 19 updates: `lag` accounts for it."""
+    samples): their state after step k is ours before the k-th tell. CMA-ES updates within step()."""
     import evotorch
     import evotorch.algorithms as ea
 
     logging.getLogger("evotorch").setLevel(logging.WARNING)
-    n = 8
-    problem = evotorch.Problem(
-        "min", lambda x: (x**2).sum(-1), solution_length=n, initial_bounds=(-1, 1), vectorized=True, seed=5
-    )
-    theirs = getattr(ea, evotorch_name)(problem, stdev_init=2.0, center_init=torch.full((n,), 3.0), **kwargs)
-    ours = make(name, n=n, seed=5)
-    for _ in range(20):
+    n, sign = 8, 1.0 if sense == "min" else -1.0
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        return sign * (x**2).sum(-1)
+
+    problem = evotorch.Problem(sense, f, solution_length=n, initial_bounds=(-1, 1), vectorized=True, seed=5)
+    theirs = getattr(ea, evotorch_name)(problem, center_init=torch.full((n,), 3.0), **kwargs)
+    ours = make(name, n=n, seed=5, sense=sense)
+
+    def same(a: torch.Tensor, b: torch.Tensor) -> bool:
+        return torch.equal(a, b) if exact else torch.allclose(a, b, rtol=0, atol=1e-5)
+
+    def same_state() -> bool:
+        state = ours.state_dict()
+        if evotorch_name == "CMAES":
+            return all(same(state[k], getattr(theirs, k)) for k in ("m", "sigma", "C"))
+        return same(ours.center(), theirs.status["center"]) and same(
+            state["distribution"]["sigma"], theirs.status["stdev"]
+        )
+
+    for generation in range(30):
         theirs.step()
-    for _ in range(20 - lag):
         x = ours.ask()
-        ours.tell(x, (x**2).sum(-1))
-    assert torch.allclose(theirs.status["center"], ours.center(), atol=1e-6)
+        assert same(x, theirs.population.values), (name, generation)
+        if lazy:
+            assert same_state(), (name, generation)
+        ours.tell(x, f(x))
+        if not lazy:
+            assert same_state(), (name, generation)
+
+
+def test_the_adapter_names_no_evotorch_internals() -> None:
+    """EvoTorch's private names are reached only through `gfo._evotorch_private` (issue 13)."""
+    import ast
+    from pathlib import Path
+
+    import gfo.algorithms
+
+    tree = ast.parse(Path(gfo.algorithms.__file__).read_text())
+    private_imports = [
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("evotorch")
+        for alias in node.names
+        if alias.name.startswith("_")
+    ]
+    internals = {"_distribution", "_update_distribution", "_ranking_method", "_optimizer", "_optim"}
+    internals |= {"_velocity", "_population", "_steps_count", "_first_iter"}
+    accessed = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)} & internals
+    assert private_imports == [] and accessed == set()
+
+
+def test_a_checkpoint_of_the_class_based_adapter_still_loads() -> None:
+    """ES, PGPE and CEM keep the state layout of the class-based adapter they replaced
+    (a "distribution" of mu and sigma, extra keys ignored), so older runs resume."""
+    for name, extra in [("pgpe", {"velocity": torch.full((4,), 0.01)}), ("cem", {})]:
+        algo = make(name, n=4)
+        state = {
+            "distribution": {
+                "mu": torch.full((4,), 1.5),
+                "sigma": torch.full((4,), 0.5),
+                "divide_mu_grad_by": "x",
+            },
+            "rng": torch.Generator().manual_seed(7).get_state(),
+            **extra,
+        }
+        algo.load_state_dict(state)
+        assert torch.equal(algo.center(), torch.full((4,), 1.5))
+        assert torch.equal(algo.state_dict()["distribution"]["sigma"], torch.full((4,), 0.5))
+        for key, value in extra.items():
+            assert torch.equal(algo.state_dict()[key], value)
 
 
 @pytest.mark.parametrize(

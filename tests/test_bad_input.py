@@ -136,6 +136,65 @@ CASES = [
         "error: run.progress must be true or false; got 'maybe'",
     ),
     Case("negative actor count", f"{SPHERE} --actors -1", "error: run.actors must be >= 0; got -1"),
+    # values no setting can hold, or that a search cannot run with (tests/test_config_fuzz.py finds them)
+    Case(
+        "integer beyond int64",
+        f"{SPHERE} --set problem.dim=18446744073709551616",
+        "error: problem.dim must be an integer in [-2**63, 2**63); got '18446744073709551616'",
+    ),
+    Case(
+        "number beyond float range",
+        f"{SPHERE} --set problem.center=1e400",
+        "error: problem.center must be finite; got 1e400",
+    ),
+    Case(
+        "infinite stdev",
+        f"{SPHERE} --set algo.stdev_init=inf",
+        "error: algo.stdev_init must be finite; got inf",
+    ),
+    Case(
+        "stdev whose square float32 cannot hold",
+        f"{SPHERE} --set algo.stdev_init=1e30",
+        "error: algo.stdev_init must be in [1e-18, 1e+18] for pgpe (the search runs in float32); got 1e+30",
+    ),
+    Case(
+        "population above a million",
+        f"{SPHERE} --popsize 2000000",
+        "error: algo.popsize must be <= 1000000 for pgpe; got 2000000, use e.g. 16",
+    ),
+    Case(
+        "elite fraction that needs a huge population",
+        "run --algo cem --problem sphere --set algo.parenthood_ratio=1e-9",
+        "error: algo.parenthood_ratio must be >= 2e-06 for cem (2 elites of at most 1000000 candidates); "
+        "got 1e-09, use 0.25",
+    ),
+    Case(
+        "cmaes in one dimension",
+        "run --algo cmaes --problem sphere --set problem.dim=1",
+        "error: cmaes needs a dimension >= 2; this problem has 1, use snes or xnes for it",
+    ),
+    Case(
+        "cmaes in 20000 dimensions",
+        "run --algo cmaes --problem sphere --set problem.dim=20000",
+        "error: cmaes holds n x n matrices, 1.6 GB each at dimension 20000, and factors one in O(n^3) every "
+        "few generations; above dimension 10000 use sep-cmaes, snes or pgpe",
+    ),
+    Case(
+        "CMA-ES learning rate beyond the update's limit",
+        "run --algo cmaes --problem sphere --set problem.dim=3 --set algo.c_mu_ratio=100",
+        "error: algo.c_mu_ratio=100 gives cmaes a rank-mu rate c_mu = 6.96 for dimension 3 and popsize 7, "
+        "and c_1 + c_mu = 7.06 must be <= 1; use c_mu_ratio <= 13",
+    ),
+    Case(
+        "BBOB instance beyond a C int",
+        "run --algo pgpe --problem bbob --set problem.instance=2147483648",
+        "error: problem.instance must be < 2**31; got 2147483648",
+    ),
+    Case(
+        "empty path",
+        "run --algo pgpe --problem gsm8k --set problem.data_dir=",
+        "error: problem.data_dir must name a path or hub id; got '', or leave it out (the default)",
+    ),
     Case(
         "Ray address without actors",
         f"{SPHERE} --ray-address auto",
@@ -183,6 +242,16 @@ CASES = [
         "config float for an integer",
         "run --config float.toml",
         "error: run.generations must be an integer; got 1.5",
+    ),
+    Case(
+        "config number for a list",
+        "run --config list.toml",
+        'error: run.track must be a list, e.g. ["a", "b"] (a,b with --set); got 5',
+    ),
+    Case(
+        "config algorithm not a name",
+        "run --config name.toml",
+        'error: config file name.toml: algorithm must be a name in quotes, e.g. algorithm = "pgpe"; got 5',
     ),
     Case(
         "config unknown section",
@@ -332,6 +401,8 @@ CONFIGS = {
     "float.toml": 'algorithm = "pgpe"\nproblem_name = "sphere"\n[run]\ngenerations = 1.5\n',
     "section.toml": 'algorithm = "pgpe"\nproblem_name = "sphere"\n[foo]\nx = 1\n',
     "notable.toml": 'algorithm = "pgpe"\nproblem_name = "sphere"\nrun = 5\n',
+    "list.toml": 'algorithm = "pgpe"\nproblem_name = "sphere"\n[run]\ntrack = 5\n',
+    "name.toml": 'algorithm = 5\nproblem_name = "sphere"\n',
 }
 GOOD_ROW = '{"question": "What is 1 + 1?", "answer": "1 + 1 = 2\\n#### 2"}\n'
 

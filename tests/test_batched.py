@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import generate_one
 from torch import nn
 
 from gfo.errors import GfoError
@@ -101,7 +102,7 @@ def test_pissa_centre_reproduces_the_original_model(
     texts = prompts(tokenizer, 5)
     engine = PopulationGenerator(model, tokenizer, space, row_budget=4)
     expected = greedy(original, tokenizer, texts)
-    assert engine.generate_one(None, texts, TOKENS).completions == [expected]
+    assert generate_one(engine, None, texts, TOKENS).completions == [expected]
     # The residual alone (no adapter) is a different model: the centre's term is doing the work.
     engine.close()
     assert greedy(model, tokenizer, texts) != expected
@@ -204,7 +205,7 @@ def test_generate_one_is_the_centre_and_close_restores_linear_layers(tiny_lm_cop
     space = LoRASpace(init_lora(model, TARGETS, rank=2, method="random"))
     engine = PopulationGenerator(model, tokenizer, space, row_budget=2)
     texts = prompts(tokenizer, 3)
-    one = engine.generate_one(None, texts, 8)
+    one = generate_one(engine, None, texts, 8)
     assert one.completions == engine.generate(space.center()[None], texts, 8).completions
     assert len(one.num_tokens[0]) == 3 and one.total_tokens == sum(one.num_tokens[0]) > 0
     assert sum(isinstance(m, PopulationLinear) for m in model.modules()) == 8
@@ -228,9 +229,9 @@ def test_exported_pissa_adapter_loads_on_the_original_model(
     space = SVDSpace(lora)
     candidate = make_population(space, 2, 0.5, seed=7)[1]
     texts = prompts(tokenizer)
-    expected = (
-        PopulationGenerator(model, tokenizer, space).generate_one(candidate, texts, TOKENS).completions[0]
-    )
+    expected = generate_one(
+        PopulationGenerator(model, tokenizer, space), candidate, texts, TOKENS
+    ).completions[0]
     path = save_peft_adapter(
         space.to_lora(candidate), tmp_path / "adapter", "gfo-tiny", TARGETS, residual=lora
     )

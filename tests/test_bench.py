@@ -193,15 +193,41 @@ def test_grpo_reward_is_the_task_reward_and_counts_the_budget() -> None:
     task = Arithmetic(ArithmeticConfig(train_size=10, test_size=10))
     examples = list(task.examples("train"))[:3]
     completions = [f"#### {examples[0]['target']}", "no idea", f"so #### {examples[2]['target'] + 1}"]
-    reward = grpo.CountingReward(task, ["expression", "target"])
-    columns = {c: [ex[c] for ex in examples] for c in ("expression", "target")}
+    reward = grpo.CountingReward(task)
     got = reward(
-        ["p"] * 3, completions, completion_ids=[[1, 2], [3], [4, 5, 6]], trainer_state=None, **columns
-    )
+        ["p"] * 3, completions, completion_ids=[[1, 2], [3], [4, 5, 6]], trainer_state=None,
+        **_columns(grpo.dataset_rows(examples, ["p"] * 3)),
+    )  # fmt: skip
     assert got == task.reward(completions, examples) == [1.0, 0.0, 0.0]
     assert (reward.completions, reward.tokens) == (3, 6)
     with pytest.raises(SystemExit):  # argparse refuses a group of one completion
         grpo.parse_args(["--num-generations", "1"])
+
+
+def _columns(rows: list[dict]) -> dict[str, list]:
+    """The columns TRL passes a reward function: through a real `datasets.Dataset`, as in training."""
+    from datasets import Dataset
+
+    data = Dataset.from_list(rows)
+    return {c: list(data[c]) for c in data.column_names if c != "prompt"}
+
+
+def test_grpo_reward_reads_back_examples_with_different_nested_keys() -> None:
+    """Instruct examples hold per-instruction kwargs with different keys; Arrow must not merge them."""
+    grpo = _grpo_module()
+    from problems.instruct import Instruct, InstructConfig
+
+    task = Instruct(InstructConfig(train_size=40, test_size=10))
+    examples = list(task.examples("train"))[:12]
+    assert len({tuple(sorted(k for kw in ex["kwargs"] for k in kw)) for ex in examples}) > 1
+    completions = [task.reference(ex) for ex in examples]
+    got = grpo.CountingReward(task)(
+        ["p"] * 12,
+        completions,
+        completion_ids=[[1]] * 12,
+        **_columns(grpo.dataset_rows(examples, ["p"] * 12)),
+    )
+    assert got == task.reward(completions, examples) == [1.0] * 12
 
 
 @pytest.mark.slow

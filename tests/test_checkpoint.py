@@ -12,18 +12,13 @@ from typing import Any
 
 import pytest
 import torch
-from test_resume import (
-    assert_same_results,
-    assert_same_state,
-    no_plots,  # noqa: F401 (an autouse fixture)
-    resume_here,
-    run_here,
-)
+from conftest import assert_same_results, assert_same_state, resume_here, run_here
 
 from gfo import checkpoint
 from gfo.errors import GfoError
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("no_plots")
 STATE = {"loop": {"generation": 3, "best": 1.5}, "x": torch.arange(5.0), "rng": torch.ByteTensor([1, 2])}
 
 

@@ -113,10 +113,22 @@ def test_list_shows_algorithms_problems_and_defaults() -> None:
 HEAVY = ("torch", "transformers", "vllm", "evotorch", "ray")
 
 
-@pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["eval", "--help"]], ids=" ".join)
+def commands() -> list[str]:
+    """Every command `gfo` has, its plug-ins' (gfo_llm's eval and sft) included."""
+    import typer.main
+
+    from gfo import cli
+
+    cli.add_plugin_commands()
+    names = sorted(typer.main.get_command(cli.app).commands)  # type: ignore[attr-defined]
+    assert {"run", "list", "tune", "bench", "report", "eval", "sft"} <= set(names), names
+    return names
+
+
+@pytest.mark.parametrize("args", [["--help"], *([c, "--help"] for c in commands())], ids=" ".join)
 def test_help_does_not_import_torch(args: list[str]) -> None:
-    """`gfo --help` itself, in a new interpreter, with Python's import log (`-X importtime`): the help
-    is shown and none of the heavy packages is among the modules imported."""
+    """`gfo --help` and every command's, each in a new interpreter, with Python's import log
+    (`-X importtime`): the help is shown and none of the heavy packages is among the modules imported."""
     proc = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "gfo.cli", *args],
         capture_output=True, text=True, timeout=120,

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import pytest
 import torch
-from test_run_record import every_written_file_is_strict_json, rows_of
+from conftest import every_written_file_is_strict_json, rows_of
 
 from gfo.loop import prepare_run_dir, run
 from gfo.problem import Context
@@ -71,11 +71,15 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def tiny_problem(model_dir: Path, **settings: Any) -> LLMProblem:
+def tiny_problem_unprepared(model_dir: Path, **settings: Any) -> LLMProblem:
     config = ArithmeticConfig(
         model=str(model_dir), dtype="fp32", max_new_tokens=8, batch_size=3, train_size=10, **settings
     )
-    problem = TextProblem(config)
+    return TextProblem(config)
+
+
+def tiny_problem(model_dir: Path, **settings: Any) -> LLMProblem:
+    problem = tiny_problem_unprepared(model_dir, **settings)
     problem.prepare()
     return problem
 
@@ -239,6 +243,110 @@ def test_evaluation_uses_no_gradients(text_problem: LLMProblem) -> None:
         handle.remove()
     assert seen and not any(grad or requires for grad, requires in seen)
     assert not any(p.requires_grad for p in problem.model.parameters())
+
+
+# ------------------------------------------------------------------ sizing without weights; close
+
+
+@pytest.fixture(scope="module")
+def warm_start(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A rank-3 PEFT adapter on q_proj and v_proj of the tiny model (random A, B = 0.1)."""
+    from gfo_llm.adapters import save_peft_adapter
+    from gfo_llm.model import load_model
+    from gfo_llm.spaces import init_lora
+
+    model, _ = load_model(str(tiny_model_dir), "fp32")
+    lora = init_lora(model, ("q_proj", "v_proj"), 3, "random")
+    lora = {name: (a, torch.full_like(b, 0.1)) for name, (a, b) in lora.items()}
+    path = tmp_path_factory.mktemp("warm") / "adapter"
+    return save_peft_adapter(
+        lora, path, base_model_id=str(tiny_model_dir), target_modules=("q_proj", "v_proj")
+    )
+
+
+@pytest.mark.parametrize("space", ["svd", "lora"])
+@pytest.mark.parametrize(
+    "start",
+    [
+        {"init": "pissa", "rank": 2},
+        {"init": "random", "rank": 3, "alpha": 0.5, "target_modules": ("k_proj", "o_proj", "down_proj")},
+        {"rank": 3, "alpha": 0.7, "target_modules": ("q_proj", "v_proj")},  # + init_adapter
+    ],
+    ids=["pissa", "random", "adapter"],
+)
+def test_solution_length_needs_no_weights_and_equals_the_loaded_space(
+    space: str, start: dict[str, Any], tiny_model_dir: Path, warm_start: Path
+) -> None:
+    from gfo_llm.model import weight_loads
+
+    settings = dict(start, space=space)
+    if "init" not in start:
+        settings["init_adapter"] = str(warm_start)
+    problem = tiny_problem_unprepared(tiny_model_dir, **settings)
+    loads = weight_loads()
+    dim = problem.solution_length
+    assert weight_loads() == loads, "sizing the space read the weights"
+    problem.prepare()
+    assert weight_loads() == loads + 1
+    assert dim == problem.space.dim == problem.solution_length == len(problem.initial_center())
+    assert problem.describe()["search_dim"] == dim
+    problem.close()
+
+
+def test_sizing_refuses_what_prepare_refuses(tiny_model_dir: Path, warm_start: Path) -> None:
+    from gfo.errors import GfoError
+    from gfo_llm.model import weight_loads
+
+    loads = weight_loads()
+    for settings, message in [
+        (
+            {"rank": 40},
+            r"^rank 40 exceeds the size of model.layers.0.self_attn.k_proj \(32x64\); use rank <= 32$",
+        ),
+        (
+            {"target_modules": ("qkv",)},
+            r"^target_modules qkv match no linear layer of the model; choose from ",
+        ),
+        (
+            {"init_adapter": str(warm_start), "rank": 2, "target_modules": ("q_proj", "v_proj")},
+            "has rank 3 but",
+        ),
+        (
+            {"init_adapter": str(warm_start), "rank": 3},
+            r"adapts q_proj,v_proj but target_modules is q_proj,k_proj",
+        ),
+    ]:
+        with pytest.raises(GfoError, match=message):
+            _ = tiny_problem_unprepared(tiny_model_dir, **settings).solution_length
+        with pytest.raises(GfoError, match=message):
+            tiny_problem_unprepared(tiny_model_dir, **settings).prepare()
+    assert weight_loads() == loads + 4  # only the four prepare() calls
+
+
+def test_close_releases_the_engine_and_the_model(tiny_model_dir: Path) -> None:
+    import gc
+    import weakref
+
+    from gfo_llm.batched import PopulationLinear
+
+    problem = tiny_problem(tiny_model_dir, rank=2)
+    population = problem.initial_center() + torch.randn(
+        3, problem.solution_length, generator=torch.Generator().manual_seed(0)
+    )
+    before = problem.evaluate(population, Context(0, 0)).fitness
+    model = problem.model
+    assert model is not None and any(isinstance(m, PopulationLinear) for m in model.modules())
+    problem.close()
+    assert problem.model is None and problem.tokenizer is None
+    assert not any(isinstance(m, PopulationLinear) for m in model.modules()), "the engine kept its layers"
+    held = weakref.ref(model)
+    del model
+    gc.collect()
+    assert held() is None, "something still holds the model"
+    problem.close()  # twice is fine
+    # The space stays; a later evaluation prepares again and computes the same fitness.
+    assert problem.solution_length == len(population[0])
+    assert torch.equal(problem.evaluate(population, Context(0, 0)).fitness, before)
 
 
 # ------------------------------------------------------------------ the bundled model

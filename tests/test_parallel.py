@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -64,6 +65,39 @@ class CrashingSphere(Sphere):
         return super().evaluate(population, context)
 
 
+@dataclass(frozen=True)
+class RecordConfig(FunctionConfig):
+    record_dir: str = field(default="", metadata={"help": "prepare/close calls leave files here"})
+    fail_generation: int = -1
+
+
+class RecordingSphere(Sphere):
+    """The sphere, leaving a file `<event>-<pid>-<n>` per `prepare()` and `close()` call in `record_dir`."""
+
+    Config: ClassVar[type] = RecordConfig
+
+    def _note(self, event: str) -> None:
+        folder = Path(self.config.record_dir)
+        n = len(list(folder.glob(f"{event}-{os.getpid()}-*")))
+        (folder / f"{event}-{os.getpid()}-{n}").touch()
+
+    def prepare(self) -> None:
+        self._note("prepare")
+
+    def close(self) -> None:
+        self._note("close")
+
+    def evaluate(self, population: torch.Tensor, context: Context) -> Evaluation:
+        if context.generation == self.config.fail_generation:
+            raise RuntimeError("evaluate fails on purpose")
+        return super().evaluate(population, context)
+
+
+def calls(folder: Path, event: str, pid: int | None = None) -> int:
+    """`event` calls recorded in `folder` by process `pid` (None: by any)."""
+    return len(list(folder.glob(f"{event}-{'*' if pid is None else pid}-*")))
+
+
 class TextTask(Arithmetic):
     """Arithmetic prompts with a reward every completion of a random model earns: a hash of its text."""
 
@@ -78,6 +112,7 @@ def _register() -> None:
 
     for name, cls in (
         ("test-parallel-crash", CrashingSphere),
+        ("test-parallel-record", RecordingSphere),
         ("test-parallel-text", LLMProblem.for_task(TextTask)),
     ):
         if name not in PROBLEMS.names():
@@ -256,15 +291,100 @@ def llm_spec(model_dir: Path) -> RunSpec:
 
 
 def test_llm_problem_one_and_two_actors_match(tmp_path: Path, tiny_dir: Path) -> None:
+    from safetensors.torch import load_file
+
+    from gfo_llm.model import weight_loads
+
     spec = llm_spec(tiny_dir)
+    loads = weight_loads()
     for n in (1, 2):
         run_with(spec, tmp_path / f"a{n}", actors=n)
+    # The driver sized the space from the config and exported from actor 0's space: no model here.
+    assert weight_loads() == loads
+    run_with(spec, tmp_path / "a0", actors=0)
+    assert weight_loads() == loads + 1
     one, two = metrics(tmp_path / "a1"), metrics(tmp_path / "a2")
-    assert one == two
+    assert one == two == metrics(tmp_path / "a0")
+    exported = [load_file(tmp_path / f"a{n}" / "adapter" / "adapter_model.safetensors") for n in (0, 1, 2)]
+    assert exported[0].keys() == exported[1].keys() == exported[2].keys()
+    assert all(torch.equal(exported[0][k], e[k]) for e in exported[1:] for k in exported[0])
     assert len({r["best"] for r in one} | {r["mean"] for r in one}) > 1, "the reward does not vary"
     assert "heldout" in one[-1] and one[-1]["generated_tokens"] > 0
     samples = [(tmp_path / f"a{n}" / "samples.jsonl").read_text() for n in (1, 2)]
     assert samples[0] == samples[1] and samples[0]
+
+
+def test_tune_on_actors_loads_no_model_in_the_driver(tmp_path: Path, tiny_dir: Path) -> None:
+    from gfo.tune import TuneSettings, tune
+    from gfo_llm.model import weight_loads
+
+    spec = llm_spec(tiny_dir)
+    spec = replace(spec, run=replace(spec.run, actors=1, generations=1))
+    loads = weight_loads()
+    result = tune(spec, TuneSettings(trials=1, out=tmp_path, pruner="none"), log=lambda _: None)
+    assert weight_loads() == loads, "the study's process read model weights"
+    assert result.finished == 1 and result.best.state == "COMPLETE"
+    assert metrics(tmp_path / "trial-0000")[0]["generated_tokens"] > 0  # the actor did generate
+
+
+# ---------------------------------------------------------------- close()
+
+
+def test_every_run_closes_its_problem_however_it_ends(tmp_path: Path) -> None:
+    from gfo.loop import Interrupted
+
+    record = tmp_path / "calls"
+    record.mkdir()
+    common = ("problem.dim=3", "run.generations=3", f"problem.record_dir={record}")
+    me = os.getpid()
+    run_with(spec_of("pgpe", "test-parallel-record", *common), tmp_path / "done", actors=0)
+    assert (calls(record, "prepare", me), calls(record, "close", me)) == (1, 1)
+
+    failing = spec_of("pgpe", "test-parallel-record", *common, "problem.fail_generation=1")
+    with pytest.raises(RuntimeError, match="evaluate fails on purpose"):
+        run_with(failing, tmp_path / "error", actors=0)
+    assert (calls(record, "prepare", me), calls(record, "close", me)) == (2, 2)
+
+    class Interrupt(Callback):
+        def on_generation(self, record: dict[str, Any]) -> None:
+            if record["generation"] == 0:
+                os.kill(os.getpid(), signal.SIGINT)  # the loop stops at the next safe point
+
+    with pytest.raises(Interrupted):
+        run_with(
+            spec_of("pgpe", "test-parallel-record", *common),
+            tmp_path / "signal",
+            actors=0,
+            callbacks=[Interrupt()],
+        )
+    assert (calls(record, "prepare", me), calls(record, "close", me)) == (3, 3)
+
+
+def test_actors_close_their_problems_and_the_driver_prepares_none(tmp_path: Path) -> None:
+    record = tmp_path / "calls"
+    record.mkdir()
+    spec = spec_of(
+        "pgpe", "test-parallel-record", "problem.dim=3", "run.generations=2", f"problem.record_dir={record}"
+    )
+    run_with(spec, tmp_path / "run", actors=2)
+    me = os.getpid()
+    assert (calls(record, "prepare", me), calls(record, "close", me)) == (0, 1)  # the loop's close
+    actors = {int(path.name.split("-")[1]) for path in record.glob("prepare-*")}
+    assert len(actors) == 2 and me not in actors
+    assert all((calls(record, "prepare", a), calls(record, "close", a)) == (1, 1) for a in actors)
+
+
+def test_tune_closes_the_problem_of_every_trial(tmp_path: Path) -> None:
+    from gfo.tune import TuneSettings, tune
+
+    record = tmp_path / "calls"
+    record.mkdir()
+    spec = spec_of(
+        "pgpe", "test-parallel-record", "problem.dim=3", "run.generations=2", f"problem.record_dir={record}"
+    )
+    tune(spec, TuneSettings(trials=2, out=tmp_path / "study", pruner="none"), log=lambda _: None)
+    # Each trial prepares and closes its own problem; the one the study was sized with is closed too.
+    assert (calls(record, "prepare"), calls(record, "close")) == (2, 3)
 
 
 @pytest.mark.slow

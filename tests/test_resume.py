@@ -11,7 +11,6 @@ import json
 import os
 import random
 import signal
-import subprocess
 import sys
 import time
 import warnings
@@ -20,124 +19,26 @@ from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from conftest import (
+    KILLABLE,
+    assert_same_results,
+    checkpoint_generation,
+    complete_lines,
+    metrics,
+    resume_here,
+    run_here,
+    start_run,
+    wait_for_lines,
+)
 
-from gfo import checkpoint, loop
+from gfo import checkpoint, loop, rundir
 from gfo.config import read_toml
 from gfo.loop import Callback
 from gfo.registry import ALGORITHMS
 from gfo.spec import resolve
 
 ALGOS = ALGORITHMS.names()
-ROOT = Path(__file__).resolve().parents[1]
-TIMING = loop.VOLATILE  # times and memory
-# Slow enough per generation (tens of ms) to be killed mid-generation, cheap enough to redo.
-KILLABLE = ["--problem", "rosenbrock", "--set", "problem.dim=2000", "--popsize", "20"]
-
-
-# ---------------------------------------------------------------- helpers
-
-
-@pytest.fixture(scope="module", autouse=True)
-def no_plots() -> Any:
-    """curve.png is no result and takes 3/4 of a small in-process run: skipped here."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("gfo.plots.plot_run", lambda run_dir: run_dir)
-        yield
-
-
-def start_run(out: Path, *args: str, generations: int | None = None) -> subprocess.Popen[bytes]:
-    """A real `gfo run` process (output to files: a full pipe would block it)."""
-    extra = ["--generations", str(generations)] if generations else []
-    log = out.parent / f"{out.name}.log"
-    with log.open("ab") as fh:
-        return subprocess.Popen(
-            [sys.executable, "-m", "gfo.cli", "run", *args, *extra, "--quiet"],
-            cwd=ROOT,
-            stdout=fh,
-            stderr=fh,
-        )
-
-
-def complete_lines(out: Path) -> int:
-    """Generations in metrics.jsonl (a torn last line does not count)."""
-    path = out / "metrics.jsonl"
-    if not path.exists():
-        return 0
-    return sum(1 for line in path.read_bytes().split(b"\n") if line.endswith(b"}"))
-
-
-def wait_for_lines(proc: subprocess.Popen[bytes], out: Path, n: int, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while complete_lines(out) < n:
-        if proc.poll() is not None:
-            log = (out.parent / f"{out.name}.log").read_text()
-            raise AssertionError(f"gfo run exited {proc.returncode} before generation {n}:\n{log}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"no generation {n} after {timeout} s")
-        time.sleep(0.01)
-
-
-def checkpoint_generation(out: Path) -> int:
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # atomic writes: a kill never leaves a torn checkpoint.pt
-        return int(checkpoint.load(out)["loop"]["generation"])
-
-
-def run_here(out: Path, algo: str, generations: int, *extra: str, problem: str = "rosenbrock") -> None:
-    """`gfo run` in process (a 6-d test function unless `problem` says otherwise)."""
-    small = ["problem.dim=6"] if problem == "rosenbrock" else []
-    overrides = [f"run.generations={generations}", "run.progress=false", *small, *extra]
-    spec = resolve(algo, problem, overrides=overrides)
-    loop.prepare_run_dir(out, resume=False, force=False)
-    loop.run(spec, out)
-
-
-def resume_here(out: Path, generations: int | None = None, callbacks: list[Callback] | None = None) -> None:
-    """`gfo run --resume OUT [--generations N]` in process."""
-    overrides = [f"run.generations={generations}"] if generations else []
-    spec = resolve(None, None, overrides=overrides, base=read_toml(out / "config.toml"))
-    loop.prepare_run_dir(out, resume=True, force=False)
-    loop.run(spec, out, resume=True, callbacks=callbacks)
-
-
-def metrics(out: Path) -> list[dict[str, Any]]:
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in TIMING and not k.endswith("_per_s")} for r in rows]
-
-
-def assert_same_state(a: Any, b: Any, where: str = "state") -> None:
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), (where, a.keys(), b.keys())
-        for key in a:
-            if key not in TIMING:
-                assert_same_state(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, list | tuple):
-        assert isinstance(b, list | tuple) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_same_state(x, y, f"{where}[{i}]")
-    elif isinstance(a, float) and a != a:
-        assert isinstance(b, float) and b != b, where
-    else:
-        assert a == b, (where, a, b)
-
-
-def assert_same_results(ref: Path, other: Path) -> None:
-    """Everything that is not a timing is bit-identical."""
-    ref_rows, other_rows = metrics(ref), metrics(other)
-    assert len(ref_rows) == len(other_rows), (len(ref_rows), len(other_rows))
-    for a, b in zip(ref_rows, other_rows, strict=True):
-        assert a == b, (a, b)
-    best_a, best_b = load_file(ref / "best.safetensors"), load_file(other / "best.safetensors")
-    assert best_a.keys() == best_b.keys()
-    for key in best_a:
-        assert torch.equal(best_a[key], best_b[key]), key
-    assert_same_state(checkpoint.load(ref), checkpoint.load(other), "checkpoint")
-    summaries = [json.loads((d / "summary.json").read_text()) for d in (ref, other)]
-    assert_same_state(summaries[0], summaries[1], "summary")
+pytestmark = pytest.mark.usefixtures("no_plots")
 
 
 class StartedAt(Callback):
@@ -206,7 +107,7 @@ def test_lines_written_after_the_last_checkpoint_are_dropped(
     kept = (out / "metrics.jsonl").read_text()
     stale = json.dumps({**json.loads(kept.splitlines()[-1]), "generation": 5, "best": -1.0})
     (out / "metrics.jsonl").write_text(kept + stale + "\n" + '{"generation": 6, "be')  # and a torn line
-    loop._truncate_metrics(out / "metrics.jsonl", 5)
+    rundir.truncate_metrics(out / "metrics.jsonl", 5)
     assert (out / "metrics.jsonl").read_text() == kept
     (out / "metrics.jsonl").write_text(kept + stale + "\n" + '{"generation": 6, "be')
     started = StartedAt()

@@ -1,6 +1,8 @@
 """Fuzz every reward with untrusted text: it never raises, stays in [0, 1 + bonus] and is fast.
 
 The default run is short; `GFO_FUZZ_EXAMPLES=5000 pytest tests/test_rewards_fuzz.py` fuzzes longer.
+The deterministic worst cases (each of the same units repeated to 20,000 characters and to 1 MB)
+are `gfo_llm.testing.TaskConformance`'s, applied to every registered task in test_conformance.py.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gfo_llm.task import Task
+from gfo_llm.testing import UNTRUSTED_UNITS as UNITS
 from problems._answers import MAX_COMPLETION_CHARS, evaluate_expression, extract_answer, parse_number
 from problems.arithmetic import Arithmetic, ArithmeticConfig
 from problems.countdown import Countdown, CountdownConfig, extract_expression
@@ -33,41 +36,6 @@ FUZZ = settings(
     database=None,
 )
 
-# Pieces a model (or an attacker) might repeat: markers, digits in many scripts, operators, nesting.
-UNITS = [
-    "(",
-    ")",
-    "((1+2)*",
-    "9",
-    "1,",
-    ",000",
-    "-",
-    "−",
-    "$",
-    ".",
-    "0.",
-    "#### ",
-    "####",
-    "#### 1",
-    "answer is ",
-    "Answer: ",
-    "<answer>",
-    "</answer>",
-    "<answer>(",
-    "1+",
-    "*9",
-    "/0",
-    "**",
-    " = ",
-    "\n",
-    " ",
-    "١٢٣",
-    "𝟗",
-    "½",
-    "\x00",
-    "e9",
-    "The answer is 7. ",
-]
 _APPLY = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv}
 # 9**9999 written out (9,542 digits); str(int) itself refuses more than 4,300 digits, Decimal does not.
 HUGE_NUMBER = str(decimal.Context(prec=10_000).power(decimal.Decimal(9), 9999))
@@ -169,15 +137,3 @@ def test_evaluate_expression_matches_exact_arithmetic(numbers: list[int], ops: l
             assert result[0] == value
     else:  # refused only for a division by zero or length
         assert "/ 0" in text or len(text) > 200
-
-
-@pytest.mark.parametrize(("task", "example"), _tasks(), ids=TASK_IDS)
-@pytest.mark.parametrize("length", [MAX_COMPLETION_CHARS, 1_000_000])
-def test_every_unit_repeated_to_length(task: Task, example: dict[str, Any], length: int) -> None:
-    """Deterministic worst cases: each unit repeated up to the cap (read in full) and to 1 MB (not read)."""
-    for unit in UNITS:
-        text = (unit * (length // len(unit) + 1))[:length]
-        start = time.perf_counter()
-        (reward,) = task.reward([text], [example])
-        assert time.perf_counter() - start < SECONDS_PER_CALL / 4, repr(unit)
-        assert 0.0 <= reward <= 1.0 + BONUS

@@ -3,7 +3,6 @@ run, strict JSON with honest statistics, and memory per generation."""
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import statistics
@@ -13,8 +12,8 @@ from typing import Any, ClassVar
 
 import pytest
 import torch
+from conftest import assert_same_results, every_written_file_is_strict_json, resume_here, rows_of, strict
 from safetensors.torch import load_file
-from test_resume import assert_same_results, no_plots, resume_here  # noqa: F401 (an autouse fixture)
 
 from gfo import checkpoint, loop
 from gfo.problem import Context, Evaluation
@@ -22,6 +21,7 @@ from gfo.registry import PROBLEMS
 from gfo.spec import resolve
 from problems.benchmarks import FunctionConfig, Sphere
 
+pytestmark = pytest.mark.usefixtures("no_plots")
 HELDOUT = "test-record-heldout-sphere"
 POISONED = "test-record-poisoned-sphere"
 
@@ -78,33 +78,6 @@ def run_here(out: Path, *overrides: str, problem: str = HELDOUT, callbacks: Any 
     )
     loop.prepare_run_dir(out, resume=False, force=False)
     return loop.run(spec, out, callbacks=callbacks)
-
-
-def strict(text: str) -> Any:
-    """json.loads refusing NaN and Infinity, which are not JSON (RFC 8259)."""
-
-    def refuse(word: str) -> Any:
-        raise ValueError(f"not JSON: {word}")
-
-    return json.loads(text, parse_constant=refuse)
-
-
-def rows_of(out: Path) -> list[dict[str, Any]]:
-    return [strict(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
-def every_written_file_is_strict_json(out: Path) -> int:
-    """Parse every .json and .jsonl file under `out` strictly; returns how many were read."""
-    files = [p for p in out.rglob("*") if p.suffix in (".json", ".jsonl")]
-    for path in files:
-        text = path.read_text()
-        lines = text.splitlines() if path.suffix == ".jsonl" else [text]
-        for i, line in enumerate(lines):
-            try:
-                strict(line)
-            except ValueError as exc:
-                raise AssertionError(f"{path.relative_to(out)}:{i + 1}: {exc}") from None
-    return len(files)
 
 
 def check_heldout_record(out: Path, summary: dict[str, Any]) -> None:

@@ -234,7 +234,7 @@ class BrokenItemTask(TextTask):
 def test_eval_with_a_failing_reward_counts_the_item_wrong_and_keeps_the_mean_honest(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    from test_run_record import every_written_file_is_strict_json
+    from conftest import every_written_file_is_strict_json
 
     if "test-eval-broken-item" not in PROBLEMS.names():
         PROBLEMS.register("test-eval-broken-item", LLMProblem.for_task(BrokenItemTask))

@@ -9,20 +9,20 @@ import time
 from pathlib import Path
 
 import pytest
-from test_resume import (
+from conftest import (
     KILLABLE,
     assert_same_results,
     checkpoint_generation,
     complete_lines,
-    no_plots,  # noqa: F401 (an autouse fixture)
     resume_here,
     start_run,
     wait_for_lines,
 )
 
-from gfo import loop
+from gfo import loop, stops
 from gfo.spec import resolve
 
+pytestmark = pytest.mark.usefixtures("no_plots")
 EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
@@ -83,8 +83,8 @@ def test_second_signal_exits_at_once(
     def fake_exit(code: int) -> None:
         raise Exited(code)
 
-    monkeypatch.setattr(loop.os, "_exit", fake_exit)
-    stop = loop._SignalStop()
+    monkeypatch.setattr(stops.os, "_exit", fake_exit)
+    stop = stops.SignalStop()
     stop._handle(signal.SIGTERM, None)
     assert "SIGTERM received: stopping after this generation (again to quit now)" in capsys.readouterr().out
     with pytest.raises(loop.Interrupted) as info:

@@ -1,4 +1,9 @@
-"""Reward tasks: literal completion tables (TRL's test_rewards style), data loading and generation."""
+"""Reward tasks: literal completion tables (TRL's test_rewards style), data loading and generation.
+
+What every registered task must do (pure batch rewards in range, references scoring 1, the same
+examples every time, disjoint splits, no code run from completions) is
+`gfo_llm.testing.TaskConformance`, in tests/test_conformance.py.
+"""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 import torch
-from test_resume import KILLABLE, checkpoint_generation, start_run, wait_for_lines
+from conftest import KILLABLE, checkpoint_generation, start_run, wait_for_lines
 
 from gfo import cli, loop
 from gfo.config import RunConfig

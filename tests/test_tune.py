@@ -17,7 +17,7 @@ from gfo.errors import ConfigError, GfoError
 from gfo.loop import prepare_run_dir, run
 from gfo.registry import ALGORITHMS, PROBLEMS
 from gfo.spec import resolve
-from gfo.tune import SPACES, Pruning, TuneSettings, merge_space, read_space_file, resolve_space, tune
+from gfo.tune import BUILTIN_SPACES, Pruning, TuneSettings, merge_space, read_space_file, resolve_space, tune
 
 SMALL = ["problem.dim=5", "run.generations=12"]
 
@@ -47,8 +47,8 @@ def test_every_builtin_algorithm_declares_a_valid_space() -> None:
     problem = PROBLEMS.get("sphere")(PROBLEMS.get("sphere").Config(dim=5))
     for name in ALGORITHMS.names():
         spec = resolve(name, "sphere", overrides=["problem.dim=5"])
-        dims = resolve_space(spec, SPACES[name], problem)
-        assert {d.name for d in dims} == set(SPACES[name]), name
+        dims = resolve_space(spec, BUILTIN_SPACES[name], problem)
+        assert {d.name for d in dims} == set(BUILTIN_SPACES[name]), name
         for d in dims:  # trial 0 runs the defaults, so they must be inside the searched ranges
             assert d.contains(d.default), (name, d)
 
@@ -56,7 +56,7 @@ def test_every_builtin_algorithm_declares_a_valid_space() -> None:
 def test_step_sizes_scale_with_the_problem_spread() -> None:
     narrow = PROBLEMS.get("sphere")(PROBLEMS.get("sphere").Config(dim=5, stdev=0.02))
     spec = resolve("pgpe", "sphere", overrides=["problem.dim=5", "problem.stdev=0.02"])
-    stdev = next(d for d in resolve_space(spec, SPACES["pgpe"], narrow) if d.name == "stdev_init")
+    stdev = next(d for d in resolve_space(spec, BUILTIN_SPACES["pgpe"], narrow) if d.name == "stdev_init")
     assert (stdev.low, stdev.high, stdev.default) == pytest.approx((0.001, 0.04, 0.02))
 
 
@@ -67,16 +67,17 @@ def test_space_file_narrows_drops_and_pins(tmp_path: Path) -> None:
     space_file.write_text("momentum = false\n\n[stdev_init]\nlow = 0.5\nhigh = 1.0\n")
     changes = read_space_file(space_file)
     dims = {
-        d.name: d for d in resolve_space(spec, merge_space(SPACES["pgpe"], changes, type(spec.algo)), problem)
+        d.name: d
+        for d in resolve_space(spec, merge_space(BUILTIN_SPACES["pgpe"], changes, type(spec.algo)), problem)
     }
     assert "momentum" not in dims  # left out by the file
     assert "popsize" not in dims  # pinned by --set algo.popsize=16
     assert (dims["stdev_init"].low, dims["stdev_init"].high) == (1.0, 2.0)  # x spread 2
     with pytest.raises(ConfigError, match="not a setting"):
-        merge_space(SPACES["pgpe"], {"sigma": {"low": 1}}, type(spec.algo))
+        merge_space(BUILTIN_SPACES["pgpe"], {"sigma": {"low": 1}}, type(spec.algo))
     with pytest.raises(ConfigError, match="invalid value"):
         bad = merge_space(
-            SPACES["cem"], {"parenthood_ratio": {"high": 1.5}}, type(resolve("cem", "sphere").algo)
+            BUILTIN_SPACES["cem"], {"parenthood_ratio": {"high": 1.5}}, type(resolve("cem", "sphere").algo)
         )
         resolve_space(resolve("cem", "sphere"), bad, problem)
 

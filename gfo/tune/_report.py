@@ -1,0 +1,106 @@
+"""What a study reports: `trials.csv`, and the trials table printed at the end of `gfo tune`."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gfo.problem import Sense
+
+if TYPE_CHECKING:
+    from gfo.tune._study import TrialRow, TuneResult
+
+
+def write_trials_csv(rows: list[TrialRow], param_names: list[str], path: Path) -> None:
+    names = list(dict.fromkeys([*param_names, *(k for r in rows for k in r.params)]))
+    counters = list(dict.fromkeys(k for r in rows for k in r.counters))  # whatever the problem counts
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(
+            [
+                "trial",
+                "state",
+                "value",
+                "defaults",
+                "last_generation",
+                "duration_s",
+                *counters,
+                *names,
+                "run_dir",
+                "error",
+            ]
+        )
+        for r in rows:
+            writer.writerow(
+                [
+                    r.number,
+                    r.state,
+                    "" if r.value is None else repr(r.value),
+                    r.defaults,
+                    "" if r.last_generation is None else r.last_generation,
+                    "" if r.duration_s is None else f"{r.duration_s:.2f}",
+                    *(repr(r.counters[k]) if k in r.counters else "" for k in counters),
+                    *(r.params.get(n, "") for n in names),
+                    r.run_dir,
+                    r.error,
+                ]
+            )
+
+
+def ranked(rows: list[TrialRow], sense: Sense) -> list[TrialRow]:
+    """Completed trials best first, then pruned (latest generation first), then the rest."""
+
+    def key(r: TrialRow) -> tuple[int, float]:
+        if r.state == "COMPLETE" and r.value is not None:
+            return (0, r.value if sense == "min" else -r.value)
+        if r.state == "PRUNED":
+            return (1, -(r.last_generation or 0))
+        return (2, r.number)
+
+    return sorted(rows, key=key)
+
+
+def print_result(result: TuneResult, console: Any) -> None:
+    """The trials table (best first) and the defaults-versus-best line."""
+    from rich.table import Table
+
+    table = Table(title=f"study {result.study}: {result.finished} finished trials, best first")
+    table.add_column("trial", justify="right")
+    table.add_column("state")
+    table.add_column("value", justify="right")
+    table.add_column("hyperparameters")
+    shown = ranked(result.rows, result.sense)
+    for r in shown[:20]:
+        label = f"{r.number}{'*' if r.defaults else ''}"
+        value = f"{r.value:.6g}" if r.value is not None else "-"
+        state = r.state.lower() + (f" at gen {r.last_generation}" if r.state == "PRUNED" else "")
+        params = "  ".join(f"{k}={_param_text(v)}" for k, v in r.params.items())
+        table.add_row(label, state, value, params)
+    table.caption = "* the algorithm's defaults"
+    console.print(table)
+    if len(shown) > 20:
+        console.print(f"({len(shown) - 20} more in {result.trials_csv})")
+    best = result.best
+    if result.defaults is not None and result.defaults.value is not None:
+        console.print(
+            f"defaults (trial {result.defaults.number}): {result.defaults.value:.6g}   "
+            f"best (trial {best.number}): {best.value:.6g}   "
+            f"({'lower' if result.sense == 'min' else 'higher'} is better)"
+        )
+    else:
+        console.print(f"best (trial {best.number}): {best.value:.6g}; the defaults trial did not complete")
+    for line in (
+        f"ran {result.ran} new trial(s); storage {result.storage}",
+        f"best config: {result.best_toml}  (gfo run --config {result.best_toml})",
+        f"all trials: {result.trials_csv}",
+    ):
+        console.print(line, soft_wrap=True, markup=False)
+
+
+def _param_text(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
