@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from gfo.testing._config import assert_config_conforms
+from gfo.testing._config import assert_config_conforms, subject
 from gfo_llm.config import LLMConfig
 from gfo_llm.task import Example, Task
 
@@ -72,13 +72,7 @@ class TaskConformance:
     @classmethod
     def task_and_config(cls) -> tuple[type[Task], LLMConfig]:
         """The task under test and the config it is built with."""
-        task_cls = getattr(cls, "task_cls", None)
-        if task_cls is None:
-            raise TypeError(
-                f"{cls.__name__}: set `task_cls = MyTask` (and `config = MyTask.Config(...)`) "
-                "or override the `task_and_config` fixture"
-            )
-        return task_cls, task_cls.Config() if cls.config is None else cls.config
+        return subject(cls, "task_cls", "task_and_config")
 
     @pytest.fixture(scope="class")
     @classmethod

@@ -13,7 +13,7 @@ import torch
 from gfo import checkpoint
 from gfo.algorithms import Algorithm, SearchSpec
 from gfo.problem import Sense
-from gfo.testing._config import assert_config_conforms
+from gfo.testing._config import assert_config_conforms, subject
 
 
 def sphere(x: torch.Tensor) -> torch.Tensor:
@@ -46,13 +46,7 @@ class AlgorithmConformance:
     @pytest.fixture
     def algorithm_and_config(self) -> tuple[type[Algorithm], Any]:
         """The class under test and its hyperparameters."""
-        cls = getattr(self, "algorithm_cls", None)
-        if cls is None:
-            raise TypeError(
-                f"{type(self).__name__}: set `algorithm_cls = MyAlgorithm` (and `config = ...`) "
-                "or override the `algorithm_and_config` fixture"
-            )
-        return cls, cls.Config() if self.config is None else self.config
+        return subject(self, "algorithm_cls", "algorithm_and_config")
 
     @staticmethod
     def make(

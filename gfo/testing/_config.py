@@ -23,3 +23,15 @@ def assert_config_conforms(config_cls: type, config: Any, section: str) -> None:
     text = tomli_w.dumps(cfg.to_dict(config))
     assert cfg.build(config_cls, tomllib.loads(text), section) == config, f"config.toml changes it:\n{text}"
     assert pickle.loads(pickle.dumps(config)) == config
+
+
+def subject(suite: Any, attr: str, fixture: str) -> tuple[Any, Any]:
+    """The class a conformance suite tests (its `attr`, e.g. `problem_cls`) and its config (`config`,
+    else the class's default `Config()`); a suite that sets neither is told how, by its `fixture`."""
+    cls = getattr(suite, attr, None)
+    if cls is None:
+        name = suite.__name__ if isinstance(suite, type) else type(suite).__name__
+        raise TypeError(
+            f"{name}: set `{attr} = ...` (and `config = ....Config(...)`) or override the `{fixture}` fixture"
+        )
+    return cls, cls.Config() if suite.config is None else suite.config

@@ -14,7 +14,7 @@ import torch
 
 from gfo import checkpoint
 from gfo.problem import Context, Evaluation, Problem
-from gfo.testing._config import assert_config_conforms
+from gfo.testing._config import assert_config_conforms, subject
 
 #: Not generation 0 or seed 0: a problem that ignores its context is not caught by them either way.
 CONTEXT = Context(generation=2, seed=1)
@@ -42,13 +42,7 @@ class ProblemConformance:
     @classmethod
     def problem_and_config(cls) -> tuple[type[Problem], Any]:
         """The class under test and the config it is built with."""
-        problem_cls = getattr(cls, "problem_cls", None)
-        if problem_cls is None:
-            raise TypeError(
-                f"{cls.__name__}: set `problem_cls = MyProblem` (and `config = "
-                "MyProblem.Config(...)`) or override the `problem_and_config` fixture"
-            )
-        return problem_cls, problem_cls.Config() if cls.config is None else cls.config
+        return subject(cls, "problem_cls", "problem_and_config")
 
     @pytest.fixture(scope="class")
     @classmethod
