@@ -422,6 +422,16 @@ def _evotorch_adam(stepsize: float) -> tuple[Callable[..., Any], Callable[..., A
 class _PGPEFamily(_Functional):
     """ES and PGPE: `evotorch.algorithms.functional.pgpe`, centred ranks, symmetric sampling."""
 
+    #: the smallest default population (antithetic pairs need an even one)
+    min_default_popsize: ClassVar[int]
+
+    @property
+    def popsize(self) -> int:
+        n = self.spec.solution_length
+        popsize = self._popsize(default_popsize(n, even=True, minimum=self.min_default_popsize), even=True)
+        assert popsize is not None
+        return popsize
+
     def _pgpe(self, center: torch.Tensor, **hyperparameters: Any) -> Any:
         from evotorch.algorithms.functional import pgpe
 
@@ -449,12 +459,7 @@ class ES(_PGPEFamily):
     # Adam keeps its step size in the optimizer state (torch's param_groups), which a resume loads.
     state_settings = ("stdev_init", "center_learning_rate")
 
-    @property
-    def popsize(self) -> int:
-        n = self.spec.solution_length
-        popsize = self._popsize(default_popsize(n, even=True, minimum=16), even=True)
-        assert popsize is not None
-        return popsize
+    min_default_popsize = 16
 
     def _init(self, center: torch.Tensor) -> Any:
         c, spread = self.config, self.spec.stdev
@@ -482,12 +487,7 @@ class PGPE(_PGPEFamily):
     Config = PGPEConfig
     summary = "PGPE with ClipUp, adaptive sigma, symmetric sampling"
 
-    @property
-    def popsize(self) -> int:
-        n = self.spec.solution_length
-        popsize = self._popsize(default_popsize(n, even=True, minimum=32), even=True)
-        assert popsize is not None
-        return popsize
+    min_default_popsize = 32
 
     def _init(self, center: torch.Tensor) -> Any:
         c = self.config
