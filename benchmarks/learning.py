@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -102,6 +104,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--start", default=None, help="an existing warm-start adapter instead of running SFT")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
+        "--eval-cache",
+        type=Path,
+        default=None,
+        help="folder of earlier fresh-item evals to reuse when command and adapter files are the same"
+        " (default: eval-cache beside --json; --eval-cache '' turns it off)",
+    )
+    p.add_argument(
         "--set", dest="overrides", action="append", default=[], help="search override KEY=VALUE (repeatable)"
     )
     return p.parse_args(argv)
@@ -124,6 +133,16 @@ def run(command: list[str], log: list[dict[str, Any]]) -> float:
     seconds = time.perf_counter() - started
     log.append({"command": " ".join(command), "wall_s": round(seconds, 1)})
     return seconds
+
+
+def eval_key(command: list[str], adapter: str | None) -> str:
+    """What makes two fresh-item evals the same: the command (less --out), the commit and the
+    bytes of the adapter's files."""
+    digest = hashlib.sha256(json.dumps([command[1:], git_commit()]).encode())
+    for path in sorted(Path(adapter).rglob("*")) if adapter else []:
+        if path.is_file():
+            digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def records(eval_dir: Path) -> list[dict[str, Any]]:
@@ -171,12 +190,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     scored: dict[str, Path] = {}
     eval_s = 0.0
 
+    cache = args.json.parent / "eval-cache" if args.eval_cache is None else args.eval_cache
+    cache = None if str(cache) in ("", ".") else cache
+
     def score(name: str, adapter: str | None) -> None:
         nonlocal eval_s
         directory = out / f"eval-{name}"
-        command = [*gfo, "eval", "--problem", recipe.task, "--limit", str(items), "--out", str(directory)]
+        command = [*gfo, "eval", "--problem", recipe.task, "--limit", str(items)]
         command += ["--quiet", *offset, *common, *fresh] + (["--adapter", adapter] if adapter else [])
-        eval_s += run(command, log)
+        key = eval_key(command, adapter)
+        hit = cache / key if cache is not None else None
+        if hit is not None and (hit / "completions.jsonl").is_file():
+            print(f"{name}: reusing the eval in {hit} (same command and adapter files)", flush=True)
+            shutil.rmtree(directory, ignore_errors=True)
+            shutil.copytree(hit, directory)
+            log.append({"command": " ".join(command), "wall_s": 0.0, "reused": str(hit)})
+        else:
+            eval_s += run([*command, "--out", str(directory)], log)
+            if hit is not None and name != "final":
+                shutil.rmtree(hit, ignore_errors=True)
+                shutil.copytree(directory, hit)
         scored[name] = directory
         rows = correct(directory)
         print(f"{name}: accuracy {sum(rows) / len(rows):.3f} on fresh items")
@@ -197,7 +230,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         command += ["--lr", str(args.sft_lr or recipe.sft_lr), "--epochs", str(recipe.sft_epochs)]
         command += ["--limit", str(limit)] if limit else []
         sft_s = run(command, log)
-        start = str(sft_dir / "adapter")
+        start = str((sft_dir / "adapter").resolve())
 
     # 2. The search.
     search_dir = out / args.method

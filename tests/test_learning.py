@@ -54,3 +54,15 @@ def test_learning_harness_end_to_end(tiny_model_dir: Path, tmp_path: Path, sft: 
     fresh = [r["example"] for r in module.records(runs / "eval-final")]
     assert len(fresh) == 6 and fresh[0] != fresh[1]
     assert out.with_suffix(".png").is_file() and saved["heldout_curve"][0]["completions"] == 0.0
+
+    if sft:
+        # A second run from the same start reuses the base and start evals (same command, same
+        # adapter bytes), and scores the same items the same way.
+        again = tmp_path / "again.json"
+        argv2 = [*argv[: argv.index("--sft-limit")], "--start", str(runs / "sft" / "adapter")]
+        argv2[argv2.index("--json") + 1] = str(again)
+        result2 = harness().main([*argv2, *argv[argv.index("--set") :]])
+        reused = [step for step in result2["steps"] if "reused" in step]
+        assert [Path(step["reused"]).parent for step in reused] == [tmp_path / "eval-cache"] * 2
+        assert (result2["base_acc"], result2["start_acc"]) == (saved["base_acc"], saved["start_acc"])
+        assert module.records(again.with_suffix("") / "eval-start") == module.records(runs / "eval-start")
