@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+ADAPTER_SHAPE = ("target_modules", "rank")  # --set keys that go to the SFT (and GRPO) step too
 FRESH_SEED = 7  # data_seed of the fresh test stream of generated tasks (training uses the default 0)
 
 
@@ -185,6 +186,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     search = dict(recipe.search)
     search.update(dict(o.split("=", 1) for o in args.overrides))
+    # The adapter's shape is the same in every step: the SFT adapter is the search's start.
+    shape = {k: search.pop(k) for k in ADAPTER_SHAPE if k in search}
+    common += sets(shape)
     fresh = ["--set", f"problem.data_seed={FRESH_SEED}"] if recipe.generated else []
     offset = [] if recipe.generated else ["--offset", str(int(search.get("eval_limit", 64)))]
     scored: dict[str, Path] = {}
@@ -288,7 +292,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "popsize": popsize,
             "generations": generations,
             "problem": recipe.problem,
-            "search": search,
+            "search": {**search, **shape},
             "start": start or "pissa",
             "budget_completions": budget,
         },

@@ -29,7 +29,13 @@ def test_learning_harness_end_to_end(tiny_model_dir: Path, tmp_path: Path, sft: 
     out = tmp_path / "arith.json"
     argv = ["--recipe", "arithmetic", "--json", str(out), "--model", str(tiny_model_dir), "--items", "6"]
     argv += ["--generations", "2", "--popsize", "2", "--sft-limit", "4"] + ([] if sft else ["--no-sft"])
-    for key, value in (("batch_size", 2), ("eval_limit", 3), ("eval_every", 1), ("max_new_tokens", 6)):
+    for key, value in (
+        ("batch_size", 2),
+        ("eval_limit", 3),
+        ("eval_every", 1),
+        ("max_new_tokens", 6),
+        ("rank", 4),
+    ):
         argv += ["--set", f"{key}={value}"]
     argv += ["--set", "dtype=fp32"]
     result = harness().main(argv)
@@ -41,6 +47,12 @@ def test_learning_harness_end_to_end(tiny_model_dir: Path, tmp_path: Path, sft: 
         assert key in saved, key
     assert saved["completions"] == 2 * 2 * 2  # popsize x batch x generations
     assert (saved["sft_wall_s"] > 0) == sft and Path(saved["adapter"], "adapter_config.json").is_file()
+    # The adapter's shape (rank, target_modules) goes to the SFT step too: the search starts from it.
+    if sft:
+        assert (
+            json.loads((out.with_suffix("") / "sft" / "adapter" / "adapter_config.json").read_text())["r"]
+            == 4
+        )
 
     # The figures are the paired statistics of the per-item files the evals wrote, on the items
     # that are in neither split of the training stream.
