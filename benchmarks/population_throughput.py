@@ -93,7 +93,8 @@ class Bench:
         self.prompt_tokens = [
             len(ids) for ids in self.tokenizer(self.prompts, add_special_tokens=False)["input_ids"]
         ]
-        from gfo_llm.spaces import LoRASpace, SVDSpace, init_lora
+        from gfo_llm.lora import init_lora
+        from gfo_llm.spaces import LoRASpace, SVDSpace
 
         self.lora = init_lora(self.model, TARGETS, args.rank, "pissa")
         self.space = SVDSpace(self.lora) if args.space == "svd" else LoRASpace(self.lora)
@@ -156,7 +157,7 @@ class Bench:
         names = [f"c{i}" for i in range(self.args.popsize)]
         adapters = {n: self.space.to_lora(v) for n, v in zip(names, self.population, strict=True)}
         residual = copy.deepcopy(self.model)
-        from gfo_llm.batched import uninstall
+        from gfo_llm.layers import uninstall
 
         uninstall(residual)
         wrapped = peft_model(residual, adapters)

@@ -50,7 +50,7 @@ def run(
     ray_address: Annotated[str | None, typer.Option(help="join a Ray cluster: 'auto' or host:port")] = None,
     gpus_per_actor: Annotated[float | None, typer.Option(help="GPUs per Ray actor")] = None,
     track: TrackOpt = None,
-    quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+    quiet: Annotated[bool, typer.Option(help="no progress bar (run.progress=false)")] = False,
 ) -> None:
     """Search: ask, evaluate, tell, one JSON line per generation in RUN_DIR/metrics.jsonl."""
     from gfo import config as cfg
@@ -65,9 +65,10 @@ def run(
         ("run.ray_address", ray_address),
         ("run.gpus_per_actor", gpus_per_actor),
         ("run.track", track),
+        ("run.progress", False if quiet else None),
     ):
         if value is not None:
-            overrides.append(f"{key}={value}")
+            overrides.append(f"{key}={str(value).lower() if isinstance(value, bool) else value}")
     base = None
     if resume is not None:
         if out is not None and out != resume:
@@ -78,10 +79,10 @@ def run(
             raise GfoError(f"{resume} holds no gfo run (no config.toml); check the path")
     spec = resolve(algo, problem, config_file=config, overrides=overrides, base=base)
     out = out or Path("runs") / f"{spec.problem_name}-{spec.algorithm}-s{spec.run.seed}"
-    _run(spec, out, resume=resume is not None, force=force, quiet=quiet)
+    _run(spec, out, resume=resume is not None, force=force)
 
 
-def _run(spec: object, out: Path, *, resume: bool, force: bool, quiet: bool) -> None:
+def _run(spec: Any, out: Path, *, resume: bool, force: bool) -> None:
     from rich.console import Console
 
     from gfo.loop import Interrupted, prepare_run_dir
@@ -94,9 +95,9 @@ def _run(spec: object, out: Path, *, resume: bool, force: bool, quiet: bool) -> 
     trackers = tracking(spec, out, log=lambda line: console.print(line, soft_wrap=True, markup=False))
     prepare_run_dir(out, resume=resume, force=force)
     bar = ProgressBar(console)
-    callbacks = [*trackers, *([] if quiet else [bar])]
+    callbacks = [*trackers, *([bar] if spec.run.progress else [])]
     try:
-        summary = run_loop(spec, out, resume=resume, callbacks=callbacks)  # type: ignore[arg-type]
+        summary = run_loop(spec, out, resume=resume, callbacks=callbacks)
     except Interrupted as exc:
         bar.close()
         # soft_wrap: the command must stay on one line to be copied, whatever the terminal width
@@ -221,8 +222,10 @@ def bench(
     from gfo.spec import resolve
 
     if suite is not None or any(v is not None for v in (functions, dims, instances, budget)):
+        from gfo.coco import bench_suite
+
         refused = (problem, seeds, budget_evals, generations, target, config, set_, track)
-        _bench_suite(suite, algos, functions, dims, instances, budget, out, force, refused)
+        bench_suite(suite, algos, functions, dims, instances, budget, out, force, refused)
         return
     seeds = 5 if seeds is None else seeds
     names = b.parse_algos(algos)
@@ -245,57 +248,6 @@ def bench(
         raise typer.Exit(getattr(exc, "exit_code", 130)) from None
     result = b.report(runs, out, target=target, budget=b.budget_text(runs[0].spec))
     b.print_result(result, Console())
-
-
-#: The options of `gfo bench` that a suite replaces, in the order `bench` passes their values.
-_NOT_WITH_SUITE: tuple[str, ...] = ("--problem", "--seeds", "--budget-evals", "--generations", "--target")
-_NOT_WITH_SUITE += ("--config", "--set", "--track")
-
-
-def _bench_suite(
-    suite: str | None,
-    algos: str,
-    functions: str | None,
-    dims: str | None,
-    instances: str | None,
-    budget: float | None,
-    out: Path | None,
-    force: bool,
-    refused: tuple[object, ...],
-) -> None:
-    """`gfo bench --suite bbob`: the grid of `gfo.coco`, checked whole before the first cell runs."""
-    from rich.console import Console
-
-    from gfo import coco
-    from gfo.registry import unknown_name
-
-    if suite is None:
-        raise GfoError("--functions, --dims, --instances and --budget go with --suite bbob")
-    if suite not in coco.SUITES:
-        raise GfoError(unknown_name("suite", suite, list(coco.SUITES)))
-    given = [name for name, value in zip(_NOT_WITH_SUITE, refused, strict=True) if value is not None]
-    if given:
-        raise GfoError(
-            f"{given[0]} does not apply with --suite {suite}: the suite sets the problems, the instances "
-            "are the seeds, --budget the evaluations per dimension"
-        )
-    grid = coco.Grid(
-        algos=coco.parse_algos(algos),
-        functions=coco.parse_ints(functions or coco.DEFAULT_FUNCTIONS, "--functions"),
-        dims=coco.parse_ints(dims or coco.DEFAULT_DIMS, "--dims"),
-        instances=coco.parse_ints(instances or coco.DEFAULT_INSTANCES, "--instances"),
-        budget=coco.DEFAULT_BUDGET if budget is None else budget,
-    )
-    out = out or Path("runs") / f"bench-{suite}"
-    cells = coco.plan(grid, out, force=force)
-    console = Console(stderr=True)
-    log = lambda line: console.print(line, soft_wrap=True, markup=False)  # noqa: E731
-    try:
-        coco.run_all(cells, grid.sigma0, force=force, log=log)
-    except KeyboardInterrupt:
-        console.print("stopped; finished cells are kept. Rerun the same command to continue the benchmark.")
-        raise typer.Exit(130) from None
-    coco.print_result(grid, coco.report(grid, cells, out), Console())
 
 
 @app.command()
@@ -339,50 +291,10 @@ def _tracked_group(spec: Any, out: Path, console: Any) -> Callable[[Any, Path], 
 
 
 def add_plugin_commands() -> None:
-    """Add the commands of the `gfo.commands` entry points to `app`, once (the LLM adapter's `eval`
-    and `sft` come this way, so that this package names none of them).
+    """Add the commands of the `gfo.commands` entry points to `app`, once (gfo/commands.py)."""
+    from gfo.commands import add_plugin_commands as add
 
-    An entry point names a function, which becomes the command of the entry point's name, or a Typer
-    app, which becomes a command group of that name. A name that is taken is refused; a plug-in that
-    cannot be imported is skipped with a warning, so that it does not take the other commands with it.
-    """
-    global _plugins_added
-    if _plugins_added:
-        return
-    _plugins_added = True
-    from gfo.registry import COMMANDS
-
-    for name in COMMANDS.names():
-        if name in _command_names():
-            raise GfoError(
-                f"{COMMANDS.origin(name)} registers command {name!r} (a gfo.commands entry point), which gfo "
-                "already has; rename it or uninstall that package"
-            )
-        try:
-            target = COMMANDS.get(name)
-        except GfoError as exc:
-            print(f"warning: {exc}; `gfo {name}` is unavailable", file=sys.stderr)
-            continue
-        if isinstance(target, typer.Typer):
-            app.add_typer(target, name=name)
-        elif callable(target):
-            app.command(name)(target)
-        else:
-            raise GfoError(
-                f"the gfo.commands entry point {name!r} names a {type(target).__name__}; "
-                "it must name a function or a typer.Typer"
-            )
-
-
-_plugins_added = False
-
-
-def _command_names() -> set[str]:
-    """The names `app` answers to, as Typer derives them (`list_` is registered as "list")."""
-    from typer.main import get_command_name
-
-    names = {c.name or get_command_name(getattr(c.callback, "__name__", "")) for c in app.registered_commands}
-    return names | {g.name for g in app.registered_groups if isinstance(g.name, str)}
+    add(app)
 
 
 def main() -> None:

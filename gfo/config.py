@@ -124,6 +124,12 @@ def convert(value: Any, hint: Any, name: str) -> Any:
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(errors[0])
+    if origin is typing.Literal:  # a choice field: mypy checks the code's values, this the user's
+        if value not in args:
+            close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{name} must be one of {', '.join(map(str, args))}; got {shown(value)}{hint}")
+        return value
     if origin is tuple:
         if isinstance(value, str):
             items = [s.strip() for s in value.split(",") if s.strip()]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 
@@ -27,3 +28,17 @@ def finite(value: Any) -> Any:
 def dumps(value: Any, **kwargs: Any) -> str:
     """`json.dumps` of `finite(value)`; `allow_nan=False` makes a missed non-finite number an error."""
     return json.dumps(finite(value), allow_nan=False, **kwargs)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file (metrics.jsonl, samples.jsonl): none if it is missing, a torn
+    last line (a run in progress, or killed mid-write) left out."""
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out

@@ -1,13 +1,11 @@
 """The population engine: every candidate of an ES population in one batched `generate` call.
 
-Each target `nn.Linear` is wrapped in a `PopulationLinear`. Rows of the batch belong to candidates
-(a candidate index per row); a layer computes the shared base product `x W^T` once for all rows
-and adds each row's own low-rank term (EGGROLL, arXiv 2511.16652, Sec. 3: `x W^T + x A_i^T B_i^T`).
-
-In ESSA's SVD space (arXiv 2507.04453) that term is
-`(((x V_A) * s_A[i]) M) * s_B[i] U_B^T` with `M = U_A^T V_B`: every matrix product uses weights shared
-by the whole population and a candidate differs only by element-wise scales of r-vectors, so a
-population costs about as much as plain batched inference of the same number of rows.
+The space's target layers are wrapped in per-row LoRA layers (`gfo_llm.layers.PopulationLinear`),
+and candidates x prompts rows run through one continuous-batching decode loop (`gfo_llm.decode`)
+or, the reference, through chunked `model.generate` calls. In ESSA's SVD space (arXiv 2507.04453)
+every matrix product uses weights shared by the whole population and a candidate differs only by
+element-wise scales of r-vectors, so a population costs about as much as plain batched inference
+of the same number of rows.
 """
 
 from __future__ import annotations
@@ -23,150 +21,8 @@ from torch import Tensor, nn
 from gfo.errors import GfoError
 from gfo_llm.config import ENGINES
 from gfo_llm.decode import DecodeStats, greedy_decode, stop_length, stop_matcher
-from gfo_llm.spaces import Population, Space, SVDFactors, SVDPopulation, SVDSpace
-
-
-@dataclass(frozen=True)
-class Rows:
-    """Which candidate each batch row belongs to.
-
-    `blocks` is set when the rows are candidates `start .. start + count - 1` with `per` rows each,
-    in that order (what `PopulationGenerator` builds): the LoRA space then needs no per-row copies.
-    """
-
-    index: Tensor  # LongTensor (rows,)
-    blocks: tuple[int, int, int] | None = None  # (start, count, per)
-
-    @classmethod
-    def of(cls, index: Tensor) -> Rows:
-        index = torch.as_tensor(index, dtype=torch.long)
-        start, rows = int(index[0]), index.numel()
-        for count in range(1, rows + 1):
-            if rows % count == 0:
-                candidate = torch.arange(start, start + count).repeat_interleave(rows // count)
-                if torch.equal(candidate, index):
-                    return cls(index, (start, count, rows // count))
-        return cls(index)
-
-    @classmethod
-    def blocked(cls, start: int, count: int, per: int) -> Rows:
-        return cls(torch.arange(start, start + count).repeat_interleave(per), (start, count, per))
-
-
-class PopulationLinear(nn.Module):
-    """A linear layer plus a per-row low-rank term; with no population selected it is the base layer.
-
-    The low-rank term is computed in float32 (small matrix products are slow in bf16 on CPU, and
-    PEFT computes it in float32 too) and added to the base output in float32 before casting back,
-    which is PEFT's arithmetic for a bf16 model with float32 adapter weights.
-    """
-
-    def __init__(self, base: nn.Linear) -> None:
-        super().__init__()
-        self.base = base
-        self.in_features = base.in_features
-        self.out_features = base.out_features
-        self._delta: _Delta | None = None
-
-    @property
-    def weight(self) -> Tensor:
-        return self.base.weight
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = self.base(x)
-        if self._delta is None:
-            return out
-        if out.dtype == torch.float32:
-            return out.add_(self._delta(x))
-        return (out.float() + self._delta(x.float())).to(out.dtype)
-
-    def select(self, name: str, population: Population, rows: Rows, factors: SVDFactors | None) -> None:
-        """Route each row of the next forward passes through its candidate's adapter."""
-        device = self.base.weight.device
-        if isinstance(population, SVDPopulation):
-            assert factors is not None
-            scales = population.scales_a[name], population.scales_b[name]
-            self._delta = _SVDRows(factors, *scales, rows, device)
-        else:
-            self._delta = _LoRARows(population.a[name], population.b[name], rows, device)
-
-    def clear(self) -> None:
-        self._delta = None
-
-
-class _Delta:
-    def __call__(self, x: Tensor) -> Tensor:
-        raise NotImplementedError
-
-
-class _SVDRows(_Delta):
-    """`((x V_A) * s_A) M * s_B U_B^T`: only the two scalings are per row."""
-
-    def __init__(
-        self, factors: SVDFactors, scales_a: Tensor, scales_b: Tensor, rows: Rows, device: torch.device
-    ) -> None:
-        self.v_a = factors.v_a.to(device)
-        self.m = factors.m.to(device)
-        self.u_b_t = factors.u_b.T.contiguous().to(device)
-        # (rows, 1, r): broadcasts over the sequence dimension of (rows, seq, r).
-        self.scales_a = scales_a[rows.index].unsqueeze(1).to(device)
-        self.scales_b = scales_b[rows.index].unsqueeze(1).to(device)
-
-    def __call__(self, x: Tensor) -> Tensor:
-        h = (x @ self.v_a).mul_(self.scales_a)
-        h = (h @ self.m).mul_(self.scales_b)
-        return h @ self.u_b_t
-
-
-class _LoRARows(_Delta):
-    """`x A_i^T B_i^T` with the candidates' own factors, batched by candidate block or by row."""
-
-    def __init__(self, a: Tensor, b: Tensor, rows: Rows, device: torch.device) -> None:
-        self.blocks = rows.blocks
-        if rows.blocks is not None:
-            start, count, _ = rows.blocks
-            a, b = a[start : start + count], b[start : start + count]
-        else:
-            a, b = a[rows.index], b[rows.index]
-        self.a_t = a.transpose(1, 2).to(device)  # (n, in, r)
-        self.b_t = b.transpose(1, 2).to(device)  # (n, r, out)
-
-    def __call__(self, x: Tensor) -> Tensor:
-        rows, seq, _ = x.shape
-        if self.blocks is not None:
-            # Candidate c owns rows c*per .. c*per+per-1: fold them into one bmm batch entry.
-            count = self.blocks[1]
-            h = torch.bmm(x.reshape(count, -1, x.shape[-1]), self.a_t)
-            return torch.bmm(h, self.b_t).reshape(rows, seq, -1)
-        return torch.bmm(torch.bmm(x, self.a_t), self.b_t)
-
-
-def install(model: nn.Module, modules: Sequence[str]) -> dict[str, PopulationLinear]:
-    """Wrap the named `nn.Linear` modules of `model` in `PopulationLinear` (idempotent)."""
-    layers: dict[str, PopulationLinear] = {}
-    named = dict(model.named_modules())
-    for name in modules:
-        module = named.get(name)
-        if isinstance(module, PopulationLinear):
-            layers[name] = module
-            continue
-        if not isinstance(module, nn.Linear):
-            raise GfoError(
-                f"module {name!r} is not a linear layer of this model; the space was built for another model"
-            )
-        parent_name, _, child = name.rpartition(".")
-        wrapper = PopulationLinear(module)
-        setattr(named[parent_name] if parent_name else model, child, wrapper)
-        layers[name] = wrapper
-    return layers
-
-
-def uninstall(model: nn.Module) -> None:
-    """Put the original `nn.Linear` modules back."""
-    for name, module in list(model.named_modules()):
-        if isinstance(module, PopulationLinear):
-            parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, child, module.base)
+from gfo_llm.layers import Rows, install, uninstall
+from gfo_llm.spaces import Population, Space, SVDSpace
 
 
 @dataclass(frozen=True)

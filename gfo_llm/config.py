@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 from gfo.config import check_spread
 from gfo.errors import ConfigError
 
-DTYPES = ("auto", "bf16", "fp32", "fp16")
-SPACE_KINDS = ("svd", "lora")  # LoRA search spaces (gfo_llm.spaces), not tuning ranges
-INITS = ("pissa", "random")
-BACKENDS = ("transformers", "vllm")
-ENGINES = ("continuous", "hf")
-QUANTIZATIONS = ("bitsandbytes", "fp8", "awq", "gptq")
+# The choice fields: `Literal` types, so that mypy checks the code's values and `gfo.config.convert`
+# the user's (one line naming the choices); the tuples are the same choices for the checks below.
+Dtype = Literal["auto", "bf16", "fp32", "fp16"]
+SpaceKind = Literal["svd", "lora"]  # LoRA search spaces (gfo_llm.spaces), not tuning ranges
+Init = Literal["pissa", "random"]
+Backend = Literal["transformers", "vllm"]
+EngineKind = Literal["continuous", "hf"]
+Quantization = Literal["bitsandbytes", "fp8", "awq", "gptq"]
+DTYPES: tuple[str, ...] = get_args(Dtype)
+SPACE_KINDS: tuple[str, ...] = get_args(SpaceKind)
+INITS: tuple[str, ...] = get_args(Init)
+BACKENDS: tuple[str, ...] = get_args(Backend)
+ENGINES: tuple[str, ...] = get_args(EngineKind)
+QUANTIZATIONS: tuple[str, ...] = get_args(Quantization)
 
 
 @dataclass(frozen=True)
@@ -26,11 +35,11 @@ class LLMConfig:
             "help": "hub id, local model directory or .gguf file; default: bundled SmolLM2-135M-Instruct"
         },
     )
-    dtype: str = field(
+    dtype: Dtype = field(
         default="auto",
         metadata={"help": "auto (bf16 on GPUs and CPUs with native bf16, else fp32), bf16, fp32 or fp16"},
     )
-    space: str = field(
+    space: SpaceKind = field(
         default="svd", metadata={"help": "svd: singular values of the LoRA factors (ESSA); lora: full A, B"}
     )
     rank: int = field(default=8, metadata={"help": "LoRA rank r"})
@@ -43,7 +52,7 @@ class LLMConfig:
     init_adapter: str | None = field(
         default=None, metadata={"help": "warm-start PEFT adapter directory (e.g. from `gfo sft`)"}
     )
-    init: str = field(
+    init: Init = field(
         default="pissa",
         metadata={
             "help": "no-warm-start init: pissa (principal components of W) or random (random A, B = 0)"
@@ -69,7 +78,7 @@ class LLMConfig:
         default=64,
         metadata={"help": "max rows (candidates x prompts) in flight at once (hf engine: per generate call)"},
     )
-    engine: str = field(
+    engine: EngineKind = field(
         default="continuous",
         metadata={
             "help": "transformers backend: continuous (finished rows leave the batch, free slots are "
@@ -84,10 +93,10 @@ class LLMConfig:
             "times out or returns no finite number per completion gives that candidate NaN (none: no limit)"
         },
     )
-    backend: str = field(
+    backend: Backend = field(
         default="transformers", metadata={"help": "transformers (batched per-row LoRA) or vllm"}
     )
-    quantization: str | None = field(
+    quantization: Quantization | None = field(
         default=None, metadata={"help": "vllm backend: bitsandbytes, fp8, awq or gptq (vLLM's quantization=)"}
     )
     max_loras: int = field(

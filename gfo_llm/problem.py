@@ -7,10 +7,8 @@ a fresh one, both derived from `(seed, generation)` so that workers agree withou
 
 from __future__ import annotations
 
-import math
-import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -20,11 +18,13 @@ from torch import nn
 from gfo.errors import GfoError
 from gfo.problem import Context, Evaluation, Problem, Sense
 from gfo_llm.config import LLMConfig
+from gfo_llm.reward_guard import guarded_reward
 from gfo_llm.task import Example, Task
 
 if TYPE_CHECKING:
     from gfo_llm.batched import Engine
-    from gfo_llm.spaces import LoRAWeights, Space
+    from gfo_llm.lora import LoRAWeights
+    from gfo_llm.spaces import Space
 
 SAMPLES_PER_GENERATION = 2  # completions of the generation's best candidate kept in samples.jsonl
 
@@ -80,9 +80,11 @@ class LLMProblem(Problem):
         """Load the model once, build the initial adapter, its search space and the batched engine."""
         if self._ready:
             return
+        from gfo_llm.adapters import load_peft_adapter
         from gfo_llm.batched import PopulationGenerator, eos_ids
+        from gfo_llm.lora import init_lora
         from gfo_llm.model import load_model, model_id
-        from gfo_llm.spaces import LoRASpace, SVDSpace, init_lora, load_peft_adapter
+        from gfo_llm.spaces import LoRASpace, SVDSpace
 
         torch.set_grad_enabled(False)  # forward passes only, everywhere in this process
         c = self.config
@@ -178,8 +180,10 @@ class LLMProblem(Problem):
         The same number `space.dim` gives after `prepare()` (a test checks both spaces and starts),
         with the same errors for a rank, target module or warm-start adapter that does not fit.
         """
+        from gfo_llm.adapters import adapter_layout
+        from gfo_llm.lora import init_shapes
         from gfo_llm.model import empty_model
-        from gfo_llm.spaces import adapter_layout, init_shapes, search_dim
+        from gfo_llm.spaces import search_dim
 
         c = self.config
         model = empty_model(c.model, c.cache_dir)
@@ -344,97 +348,3 @@ class LLMProblem(Problem):
             "alpha": c.alpha,
             "target_modules": list(c.target_modules),
         }
-
-
-# ---------------------------------------------------------------------- rewards we do not control
-
-
-def guarded_reward(
-    task: Task, completions: Sequence[str], examples: Sequence[Example], timeout_s: float | None
-) -> tuple[list[float], str | None]:
-    """`task.reward(completions, examples)` as one float per completion, and what went wrong (None:
-    nothing).
-
-    A task may be third-party code. A reward that raises, returns the wrong number of values or
-    something that is not a number, or takes longer than `timeout_s` seconds, gives every completion
-    NaN; a non-finite value becomes NaN where it is. Either way the candidate's fitness is NaN, which
-    the loop counts and ranks last, and the run goes on. With a time limit the call runs in a daemon
-    thread (no signal: `signal.alarm` works on the main thread only, and Ray actors evaluate
-    elsewhere). A hung pure-Python reward cannot be killed: its thread is abandoned and may keep a
-    core busy until the process exits.
-    """
-    n = len(completions)
-    nan = [math.nan] * n
-    try:
-        returned = _call(task.reward, completions, examples, timeout_s)
-    except TimeoutError:
-        return nan, f"took more than {timeout_s:g} s on {_items(n)} (the call was abandoned)"
-    except Exception as exc:
-        culprit = _culprit(task, completions, examples, timeout_s)
-        return nan, f"raised {type(exc).__name__}: {exc} on {culprit}"
-    try:
-        values = [float(v) for v in returned]
-    except (TypeError, ValueError):
-        return nan, f"returned {_short(returned)}, not one number per completion, on {_items(n)}"
-    if len(values) != n:
-        return nan, f"returned {len(values)} value(s) for {n} completion(s)"
-    bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
-    if bad:
-        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-        fixed = [math.nan if i in bad else v for i, v in enumerate(values)]
-        return fixed, f"returned {values[bad[0]]} on {_item(bad[0], examples)}{more}"
-    return values, None
-
-
-def _call(
-    reward: Callable[[Sequence[str], Sequence[Example]], Any],
-    completions: Sequence[str],
-    examples: Sequence[Example],
-    timeout_s: float | None,
-) -> Any:
-    if timeout_s is None:
-        return reward(completions, examples)
-    box: dict[str, Any] = {}
-    done = threading.Event()
-
-    def target() -> None:
-        try:
-            box["value"] = reward(completions, examples)
-        except Exception as exc:
-            box["error"] = exc
-        finally:
-            done.set()
-
-    threading.Thread(target=target, name="gfo-reward", daemon=True).start()
-    if not done.wait(timeout_s):
-        raise TimeoutError
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
-
-
-def _culprit(
-    task: Task, completions: Sequence[str], examples: Sequence[Example], timeout_s: float | None
-) -> str:
-    """The item a raising reward fails on: each is retried alone (rewards are pure functions)."""
-    for i, (completion, example) in enumerate(zip(completions, examples, strict=True)):
-        try:
-            _call(task.reward, [completion], [example], timeout_s)
-        except TimeoutError:
-            break
-        except Exception:
-            return _item(i, examples)
-    return _items(len(completions))
-
-
-def _item(i: int, examples: Sequence[Example]) -> str:
-    return f"item {i} of the batch {_short(examples[i])}"
-
-
-def _items(n: int) -> str:
-    return f"the batch of {n} item(s)"
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    text = repr(dict(value) if isinstance(value, dict) else value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."

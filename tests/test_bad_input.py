@@ -337,6 +337,11 @@ CASES = [
     ),
     # ---- the LLM side
     Case(
+        "a choice that is not one (a `Literal` field)",
+        "run --algo pgpe --problem arithmetic --set problem.dtype=bf61",
+        "error: problem.dtype must be one of auto, bf16, fp32, fp16; got 'bf61'; did you mean 'bf16'?",
+    ),
+    Case(
         "reward time limit of 0",
         "run --algo pgpe --problem arithmetic --set problem.reward_timeout_s=0",
         "error: problem.reward_timeout_s must be a number of seconds > 0; got 0.0, use e.g. 60, "

@@ -12,17 +12,11 @@ from torch import nn
 
 from gfo.errors import GfoError
 from gfo_llm.adapters import peft_model, save_peft_adapter
-from gfo_llm.batched import (
-    GenerationResult,
-    PopulationGenerator,
-    PopulationLinear,
-    Rows,
-    _plan,
-    decode_rows,
-    install,
-)
+from gfo_llm.batched import GenerationResult, PopulationGenerator, _plan, decode_rows
+from gfo_llm.layers import PopulationLinear, Rows, install
+from gfo_llm.lora import init_lora
 from gfo_llm.model import chat_prompt
-from gfo_llm.spaces import LoRASpace, Space, SVDSpace, init_lora
+from gfo_llm.spaces import LoRASpace, Space, SVDSpace
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

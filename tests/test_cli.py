@@ -147,3 +147,17 @@ def test_unknown_algorithm_is_one_line_exit_2() -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0
     assert "did you mean 'cmaes'" in proc.stderr
+
+
+def test_run_progress_setting_decides_the_progress_display(tmp_path: Path) -> None:
+    """`run.progress` (and `--quiet`, its flag) turns the progress display off and is recorded."""
+    base = ["run", "--algo", "pgpe", "--problem", "sphere", "--generations", "2", "--set", "problem.dim=3"]
+    shown = gfo(*base, "--out", str(tmp_path / "shown"))
+    assert "pgpe on sphere: popsize" in shown.stderr
+    assert "progress = true" in (tmp_path / "shown" / "config.toml").read_text()
+    for flag in (["--set", "run.progress=false"], ["--quiet"]):
+        out = tmp_path / flag[-1].replace("=", "-")
+        hidden = gfo(*base, *flag, "--out", str(out))
+        assert "popsize" not in hidden.stderr and "done: best" in hidden.stderr
+        assert "progress = false" in (out / "config.toml").read_text()
+        assert metrics(out) == metrics(tmp_path / "shown")

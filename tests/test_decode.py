@@ -10,8 +10,9 @@ import torch
 
 from gfo_llm.batched import PopulationGenerator
 from gfo_llm.decode import greedy_decode, stop_length, stop_matcher
+from gfo_llm.lora import init_lora
 from gfo_llm.model import chat_prompt
-from gfo_llm.spaces import LoRASpace, Space, SVDSpace, init_lora
+from gfo_llm.spaces import LoRASpace, Space, SVDSpace
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

@@ -252,8 +252,8 @@ def test_evaluation_uses_no_gradients(text_problem: LLMProblem) -> None:
 def warm_start(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A rank-3 PEFT adapter on q_proj and v_proj of the tiny model (random A, B = 0.1)."""
     from gfo_llm.adapters import save_peft_adapter
+    from gfo_llm.lora import init_lora
     from gfo_llm.model import load_model
-    from gfo_llm.spaces import init_lora
 
     model, _ = load_model(str(tiny_model_dir), "fp32")
     lora = init_lora(model, ("q_proj", "v_proj"), 3, "random")
@@ -327,7 +327,7 @@ def test_close_releases_the_engine_and_the_model(tiny_model_dir: Path) -> None:
     import gc
     import weakref
 
-    from gfo_llm.batched import PopulationLinear
+    from gfo_llm.layers import PopulationLinear
 
     problem = tiny_problem(tiny_model_dir, rank=2)
     population = problem.initial_center() + torch.randn(
@@ -449,7 +449,7 @@ def test_a_failing_reward_gives_nan_and_says_where(
     """Off the main thread too (Ray actors, a thread pool): no signal is involved."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from gfo_llm.problem import guarded_reward
+    from gfo_llm.reward_guard import guarded_reward
 
     RELEASE.clear()
     try:

@@ -358,8 +358,8 @@ def test_sft_prompts_are_the_search_prompts(tiny_model_dir: Path) -> None:
 
 
 def test_sft_adapter_warm_starts_a_run(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from gfo_llm.adapters import load_peft_adapter
     from gfo_llm.model import load_model
-    from gfo_llm.spaces import load_peft_adapter
 
     model = ("--set", f"problem.model={tiny_model_dir}", "--set", "problem.rank=4")
     code, err = gfo(

@@ -11,8 +11,9 @@ import torch
 from torch import nn
 
 from gfo.errors import GfoError
-from gfo_llm.adapters import export_weights, peft_model, save_peft_adapter
-from gfo_llm.spaces import LoRASpace, SVDSpace, init_lora, load_peft_adapter, target_linear_modules
+from gfo_llm.adapters import export_weights, load_peft_adapter, peft_model, save_peft_adapter
+from gfo_llm.lora import init_lora, target_linear_modules
+from gfo_llm.spaces import LoRASpace, SVDSpace
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

@@ -98,7 +98,8 @@ def test_token_rows_are_counted_like_the_transformers_backend(tiny: tuple[object
 def test_candidates_become_peft_adapters_for_the_original_base_and_are_removed(
     tiny: tuple[object, object], init: str
 ) -> None:
-    from gfo_llm.spaces import SVDSpace, init_lora
+    from gfo_llm.lora import init_lora
+    from gfo_llm.spaces import SVDSpace
 
     model, tokenizer = tiny
     import copy

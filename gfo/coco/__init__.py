@@ -9,6 +9,7 @@ The package, one concern a module:
 - `_cells`: running a cell under COCO's observer, and a whole grid resumably (`run_all`).
 - `_summary`: results.csv, summary.md (targets reached, ERT per function group), the console table.
 - `_ecdf`: cocopp's ECDF plots.
+- `_command`: the `gfo bench --suite` command: its options checked, the grid run and reported.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from importlib.util import find_spec
 from pathlib import Path
 
 from gfo.coco._cells import algorithm_info, run_all, run_cell
+from gfo.coco._command import bench_suite
 from gfo.coco._ecdf import run_cocopp
 from gfo.coco._grid import (
     CELL_FILE,
@@ -67,6 +69,7 @@ __all__ = [
     "SuiteResult",
     "algo_folder",
     "algorithm_info",
+    "bench_suite",
     "check_installed",
     "collect",
     "parse_algos",

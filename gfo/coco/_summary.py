@@ -10,7 +10,6 @@ of the dimension, divided by the number reached.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import warnings
@@ -19,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gfo import peers
+from gfo import peers, tables
 from gfo.coco._ecdf import run_cocopp
 from gfo.coco._grid import GROUPS, Cell, Grid
 
@@ -81,33 +80,30 @@ def collect(cells: Sequence[Cell]) -> list[dict[str, Any]]:
 
 
 def write_results_csv(cells: Sequence[Cell], path: Path) -> None:
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(COLUMNS)
-        for cell in cells:
-            base = [cell.algo, cell.function, cell.dim, cell.instance]
-            if not cell.record.exists():
-                writer.writerow([*base, "not run", "", cell.budget, *[""] * 8, str(cell.folder)])
-                continue
-            r = json.loads(cell.record.read_text())
-            hits = r["evals_to_targets"]
-            writer.writerow(
-                [
-                    *base,
-                    "error" if r["error"] else "ok",
-                    r["evaluations"],
-                    r["budget"],
-                    repr(r["best_delta"]),
-                    hits[-1] is not None,
-                    "" if hits[-1] is None else hits[-1],
-                    sum(h is not None for h in hits),
-                    r["stop_reason"],
-                    r["wall_s"],
-                    r["cpu_s"],
-                    r["error"],
-                    str(cell.folder),
-                ]
-            )
+    tables.write_csv(path, COLUMNS, (_csv_row(cell) for cell in cells))
+
+
+def _csv_row(cell: Cell) -> list[Any]:
+    base = [cell.algo, cell.function, cell.dim, cell.instance]
+    if not cell.record.exists():
+        return [*base, "not run", "", cell.budget, *[""] * 8, str(cell.folder)]
+    r = json.loads(cell.record.read_text())
+    hits = r["evals_to_targets"]
+    return [
+        *base,
+        "error" if r["error"] else "ok",
+        r["evaluations"],
+        r["budget"],
+        repr(r["best_delta"]),
+        hits[-1] is not None,
+        hits[-1],
+        sum(h is not None for h in hits),
+        r["stop_reason"],
+        r["wall_s"],
+        r["cpu_s"],
+        r["error"],
+        str(cell.folder),
+    ]
 
 
 def _ert(value: float) -> str:
@@ -136,15 +132,14 @@ def summary_markdown(
     by_algo = {a: [r for r in records if r["algo"] == a] for a in grid.algos}
 
     def table(title: str, cell: Callable[[list[dict[str, Any]]], str], dims: Sequence[int]) -> list[str]:
-        header = ["algorithm", *groups]
-        lines = [title, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        rows = []
         for algo, mine in by_algo.items():
             row = [algo]
             for fs in groups.values():
                 chosen = [r for r in mine if r["function"] in fs and r["dim"] in dims]
                 row.append(cell(chosen) if chosen else "-")
-            lines.append("| " + " | ".join(row) + " |")
-        return [*lines, ""]
+            rows.append(row)
+        return [title, "", *tables.markdown(["algorithm", *groups], rows), ""]
 
     def reached(rs: list[dict[str, Any]]) -> str:
         p, errors = pool(rs), sum(bool(r["error"]) for r in rs)
@@ -233,13 +228,8 @@ def report(grid: Grid, cells: Sequence[Cell], out: Path, *, plots: bool = True) 
 
 def print_result(grid: Grid, result: SuiteResult, console: Any) -> None:
     """Targets reached and ERT / D per function group, all dimensions pooled."""
-    from rich.table import Table
-
     groups = [g for g, fs in GROUPS.items() if set(fs) & set(grid.functions)]
-    table = Table(title="targets reached / ERT per D, all dimensions")
-    table.add_column("algorithm")
-    for g in groups:
-        table.add_column(g, justify="right")
+    rows = []
     for algo in grid.algos:
         mine = [r for r in result.records if r["algo"] == algo]
         cells = []
@@ -247,7 +237,9 @@ def print_result(grid: Grid, result: SuiteResult, console: Any) -> None:
             chosen = [r for r in mine if r["function"] in GROUPS[g]]
             p = pool(chosen)
             cells.append(f"{100 * p.fraction:.0f}% / {_ert(p.ert)}" if chosen else "-")
-        table.add_row(algo, *cells)
+        rows.append([algo, *cells])
+    title = "targets reached / ERT per D, all dimensions"
+    table = tables.rich_table(["algorithm", *groups], rows, title=title, left=("algorithm",))
     console.print(table)
     for algo in grid.algos:
         failed = [r for r in result.records if r["algo"] == algo and r["error"]]

@@ -6,10 +6,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from gfo.report._runs import Run
+from gfo.report._runs import Run, counter_names
 
 #: Runs drawn with their mean and spread as well as their best so far; more would hide each other.
 DETAILED_RUNS = 3
+#: The metrics the throughput figure draws, by the end of their name, whatever the problem counts.
+RATE, FRACTION = "_per_s", "_fraction"
+#: Line styles telling apart several rates of one run (they share its colour).
+_STYLES = ("-", "--", ":", "-.")
 
 
 @dataclass
@@ -58,11 +62,32 @@ def _column(records: list[dict[str, Any]], key: str) -> list[float]:
 
 
 def _axes(runs: list[Run]) -> list[tuple[str, str]]:
-    """x axes: (key, label). Completions where every run counts them (LLM tasks), else evaluations."""
-    work = ("completions_total", "completions (answers generated)")
-    if not all(r.records and "completions_total" in r.records[-1] for r in runs):
-        work = ("evaluations", "evaluations (candidates scored)")
-    return [("generations", "generations completed"), work, ("wall_s", "wall time (s, search loop)")]
+    """x axes: (key, label). Generations; the work done: the total of every counter each record of
+    every run carries (an LLM task's answers and tokens), in name order, else evaluations; wall time."""
+    shared = set.intersection(*(set(counter_names(r)) for r in runs)) if runs else set()
+    work = [
+        (f"{k}_total", f"{k.replace('_', ' ')} (total counted)")
+        for k in sorted(shared)
+        if all(r.records and all(f"{k}_total" in rec for rec in r.records) for r in runs)
+    ]
+    return [
+        ("generations", "generations completed"),
+        *(work or [("evaluations", "evaluations (candidates scored)")]),
+        ("wall_s", "wall time (s, search loop)"),
+    ]
+
+
+def _metrics(runs: list[Run], suffix: str) -> list[str]:
+    """The numeric metrics named `*<suffix>` any record carries, in the order they first appear."""
+    return list(
+        dict.fromkeys(
+            k
+            for run in runs
+            for r in run.records
+            for k, v in r.items()
+            if k.endswith(suffix) and isinstance(v, int | float) and not isinstance(v, bool)
+        )
+    )
 
 
 def _x(run: Run, key: str) -> list[float]:
@@ -77,7 +102,7 @@ def figures(runs: list[Run]) -> list[Figure]:
     out = [_fitness(runs, detailed)]
     if any("heldout" in r or "heldout_initial" in r for run in runs for r in run.records):
         out.append(_heldout(runs))
-    if any("generated_tokens_per_s" in r or "capped_fraction" in r for run in runs for r in run.records):
+    if _metrics(runs, RATE) or _metrics(runs, FRACTION):
         out.append(_throughput(runs))
     if any("stepsize_mean" in r for run in runs for r in run.records):
         out.append(_stepsize(runs, detailed))
@@ -142,20 +167,31 @@ def _heldout(runs: list[Run]) -> Figure:
 
 
 def _throughput(runs: list[Run]) -> Figure:
+    """Every rate (`*_per_s`: a counter per second of evaluation) in one panel, every fraction
+    (`*_fraction`: a population mean the problem reports) in another."""
     panels = []
-    for key, title, ylabel in (
-        ("generated_tokens_per_s", "generated tokens per second", "tokens / s"),
-        ("capped_fraction", "completions cut at max_new_tokens", "fraction capped"),
+    for suffix, title, ylabel in (
+        (RATE, "rates (per second of evaluation)", "per second"),
+        (FRACTION, "fractions (population mean)", "fraction"),
     ):
+        keys = _metrics(runs, suffix)
+        if not keys:
+            continue
         panel = Panel(title, "generations completed", ylabel)
         for run in runs:
-            label = "" if len(runs) == 1 else run.label
-            panel.series.append(
-                Series(f"{run.label}|{key}", label or None, _x(run, "generations"),
-                       _column(run.records, key), group=run.group)
-            )  # fmt: skip
+            for i, key in enumerate(keys):
+                what = key.removesuffix(suffix).replace("_", " ")
+                label = what if len(keys) > 1 else ""
+                if len(runs) > 1:
+                    label = f"{run.label}: {label}" if label else run.label
+                panel.series.append(
+                    Series(f"{run.label}|{key}", label or None, _x(run, "generations"),
+                           _column(run.records, key), group=run.group, style=_STYLES[i % len(_STYLES)])
+                )  # fmt: skip
+        values = [v for s in panel.series for v in s.y if math.isfinite(v)]
+        panel.log_y = bool(values) and min(values) > 0 and max(values) / min(values) > 100
         panels.append(panel)
-    return Figure("throughput", "Throughput", panels)
+    return Figure("throughput", "Throughput (the problem's rates and fractions)", panels)
 
 
 def _stepsize(runs: list[Run], detailed: bool) -> Figure:

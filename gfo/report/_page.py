@@ -15,7 +15,7 @@ from typing import Any
 from gfo import checkpoint, strictjson
 from gfo.report._draw import draw, png
 from gfo.report._figures import Figure, figures
-from gfo.report._runs import Run, best_generation, find_runs
+from gfo.report._runs import Run, best_generation, counter_names, find_runs
 
 
 def write(paths: Sequence[Path], out: Path | None = None) -> Path:
@@ -94,15 +94,16 @@ def _summary_table(runs: list[Run]) -> str:
         ("generations", "generations"), ("evaluations", "evaluations"), ("wall_s", "wall s"),
         ("stop_reason", "stopped by"), ("exported", "exported"),
     ]  # fmt: skip
-    rows = ["<div class='wide'><table><tr><th>run</th>" + "".join(f"<th>{e(t)}</th>" for _, t in columns)]
-    rows[0] += "<th>completions</th><th>tokens</th></tr>"
+    # The problem's counters, whatever they are, a column each by name ("-" where a run has none).
+    counters = list(dict.fromkeys(k for run in runs for k in counter_names(run)))
+    titles = [t for _, t in columns] + [k.replace("_", " ") for k in counters]
+    rows = [
+        "<div class='wide'><table><tr><th>run</th>" + "".join(f"<th>{e(t)}</th>" for t in titles) + "</tr>"
+    ]
     for run in runs:
         s = run.summary or _partial_summary(run)
-        counters = s.get("counters") or {}
-        cells = [s.get(k) for k, _ in columns] + [
-            counters.get("completions"),
-            counters.get("generated_tokens"),
-        ]
+        counted = s.get("counters") or {}
+        cells = [s.get(k) for k, _ in columns] + [counted.get(k) for k in counters]
         rows.append(
             f"<tr><td>{e(run.label)}</td>"
             + "".join(f"<td class='num'>{e(_fmt(v))}</td>" for v in cells)
@@ -124,6 +125,7 @@ def _partial_summary(run: Run) -> dict[str, Any]:
         "evaluations": last.get("evaluations"),
         "wall_s": last.get("wall_s"),
         "stop_reason": "running or stopped",
+        "counters": {k: last.get(f"{k}_total") for k in counter_names(run)},
     }
 
 

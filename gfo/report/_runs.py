@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gfo.errors import GfoError
+from gfo.strictjson import read_jsonl
 
 
 @dataclass
@@ -74,24 +75,12 @@ def _read_run(path: Path, label: str, group: str) -> Run:
         label=label,
         group=group,
         path=path,
-        records=_jsonl(path / "metrics.jsonl"),
-        samples=_jsonl(path / "samples.jsonl"),
+        records=read_jsonl(path / "metrics.jsonl"),
+        samples=read_jsonl(path / "samples.jsonl"),
         summary=summary,
         config=config,
         sense=(summary or {}).get("sense") or _sense(config.get("problem_name", "")),
     )
-
-
-def _jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue  # a torn last line of a run in progress
-    return out
 
 
 def _sense(problem: str) -> str:
@@ -113,3 +102,12 @@ def best_generation(run: Run) -> int | None:
         return None
     pick = min(scored) if run.sense == "min" else max(scored, key=lambda t: (t[0], -t[1]))
     return int(pick[1])
+
+
+def counter_names(run: Run) -> list[str]:
+    """The additive counters the run's problem reports, by name (whatever they are: an LLM task
+    counts its answers and tokens, a test function nothing): summary.json's, or for a run without
+    one, every metric its records log with a rate and a total (`<name>_per_s`, `<name>_total`)."""
+    if run.summary is not None and isinstance(run.summary.get("counters"), dict):
+        return list(run.summary["counters"])
+    return list(dict.fromkeys(k for r in run.records for k in r if f"{k}_per_s" in r and f"{k}_total" in r))

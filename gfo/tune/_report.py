@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gfo import tables
 from gfo.problem import Sense
 
 if TYPE_CHECKING:
@@ -15,37 +15,26 @@ if TYPE_CHECKING:
 def write_trials_csv(rows: list[TrialRow], param_names: list[str], path: Path) -> None:
     names = list(dict.fromkeys([*param_names, *(k for r in rows for k in r.params)]))
     counters = list(dict.fromkeys(k for r in rows for k in r.counters))  # whatever the problem counts
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(
+    header = ["trial", "state", "value", "defaults", "last_generation", "duration_s"]
+    tables.write_csv(
+        path,
+        [*header, *counters, *names, "run_dir", "error"],
+        (
             [
-                "trial",
-                "state",
-                "value",
-                "defaults",
-                "last_generation",
-                "duration_s",
-                *counters,
-                *names,
-                "run_dir",
-                "error",
+                r.number,
+                r.state,
+                r.value,
+                r.defaults,
+                r.last_generation,
+                None if r.duration_s is None else f"{r.duration_s:.2f}",
+                *(r.counters.get(k) for k in counters),
+                *(r.params.get(n) for n in names),
+                r.run_dir,
+                r.error,
             ]
-        )
-        for r in rows:
-            writer.writerow(
-                [
-                    r.number,
-                    r.state,
-                    "" if r.value is None else repr(r.value),
-                    r.defaults,
-                    "" if r.last_generation is None else r.last_generation,
-                    "" if r.duration_s is None else f"{r.duration_s:.2f}",
-                    *(repr(r.counters[k]) if k in r.counters else "" for k in counters),
-                    *(r.params.get(n, "") for n in names),
-                    r.run_dir,
-                    r.error,
-                ]
-            )
+            for r in rows
+        ),
+    )
 
 
 def ranked(rows: list[TrialRow], sense: Sense) -> list[TrialRow]:
@@ -63,21 +52,24 @@ def ranked(rows: list[TrialRow], sense: Sense) -> list[TrialRow]:
 
 def print_result(result: TuneResult, console: Any) -> None:
     """The trials table (best first) and the defaults-versus-best line."""
-    from rich.table import Table
-
-    table = Table(title=f"study {result.study}: {result.finished} finished trials, best first")
-    table.add_column("trial", justify="right")
-    table.add_column("state")
-    table.add_column("value", justify="right")
-    table.add_column("hyperparameters")
     shown = ranked(result.rows, result.sense)
-    for r in shown[:20]:
-        label = f"{r.number}{'*' if r.defaults else ''}"
-        value = f"{r.value:.6g}" if r.value is not None else "-"
-        state = r.state.lower() + (f" at gen {r.last_generation}" if r.state == "PRUNED" else "")
-        params = "  ".join(f"{k}={_param_text(v)}" for k, v in r.params.items())
-        table.add_row(label, state, value, params)
-    table.caption = "* the algorithm's defaults"
+    cells = [
+        [
+            f"{r.number}{'*' if r.defaults else ''}",
+            r.state.lower() + (f" at gen {r.last_generation}" if r.state == "PRUNED" else ""),
+            tables.fmt(r.value, 6),
+            "  ".join(f"{k}={_param_text(v)}" for k, v in r.params.items()),
+        ]
+        for r in shown[:20]
+    ]
+    title = f"study {result.study}: {result.finished} finished trials, best first"
+    table = tables.rich_table(
+        ["trial", "state", "value", "hyperparameters"],
+        cells,
+        title=title,
+        caption="* the algorithm's defaults",
+        left=("state", "hyperparameters"),
+    )
     console.print(table)
     if len(shown) > 20:
         console.print(f"({len(shown) - 20} more in {result.trials_csv})")
@@ -99,8 +91,6 @@ def print_result(result: TuneResult, console: Any) -> None:
 
 
 def _param_text(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}"
+    if value is None or isinstance(value, float):
+        return tables.fmt(value)
     return str(value)
