@@ -29,11 +29,13 @@ run: $(STAMP)
 run-bench: $(STAMP)
 	$(BIN)/gfo run --algo sep-cmaes --problem ellipsoid --set problem.dim=30 --generations 800 --out runs/ellipsoid --force
 
+# The fast suite on TEST_WORKERS processes (pytest-xdist): 3.7 min on 2 cores instead of 6.0 serially.
+TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BIN)/ruff check gfo gfo_llm problems tests benchmarks
 	$(BIN)/ruff format --check gfo gfo_llm problems tests benchmarks
 	$(BIN)/mypy
-	$(BIN)/pytest -q $(ARGS)
+	$(BIN)/pytest -q -n $(TEST_WORKERS) $(ARGS)
 
 test-slow: $(STAMP)
 	$(BIN)/pytest -q -m slow $(ARGS)
