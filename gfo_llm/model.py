@@ -178,39 +178,6 @@ def chat_prompt(tokenizer: Any, user_text: str, system: str | None = None) -> st
     return str(text)
 
 
-def tiny_model(seed: int = 0, cache_dir: str | None = None) -> tuple[nn.Module, Any]:
-    """A randomly initialized 2-layer Llama with the bundled SmolLM2 tokenizer, for fast tests.
-
-    Weights come from `seed`, so two calls with the same seed give the same model. The init spread
-    is larger than a real model's so that greedy decoding has clear winners (no float near-ties).
-    """
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tokenizer = load_bundled_tokenizer(cache_dir)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        initializer_range=0.2,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    generator_state = torch.random.get_rng_state()
-    try:
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
-    finally:
-        torch.random.set_rng_state(generator_state)
-    setattr(model, _MODEL_ID_ATTR, f"gfo-tiny-llama-seed{seed}")
-    return _prepare(model, tokenizer)
-
-
 def load_bundled_tokenizer(cache_dir: str | None = None) -> Any:
     """The bundled SmolLM2 tokenizer alone, converted from the GGUF once and cached."""
     from transformers import AutoTokenizer

@@ -10,6 +10,9 @@ it. gfo's own tests apply it to every registered task (tests/test_conformance.py
 
 It lives here, not in `gfo.testing`, because a task (prompts, completions, rewards) is a language-
 model concept and gfo knows none. No model is loaded: a task never touches one. Needs pytest.
+
+`tiny_model` is the other thing a plug-in's tests want: a random 2-layer Llama with the bundled
+tokenizer, for exercising the LLM machinery in seconds.
 """
 
 from __future__ import annotations
@@ -21,9 +24,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import pytest
+import torch
+from torch import nn
 
 from gfo.testing._config import assert_config_conforms, subject
 from gfo_llm.config import LLMConfig
+from gfo_llm.model import _MODEL_ID_ATTR, _prepare, load_bundled_tokenizer
 from gfo_llm.task import Example, Task
 
 #: Pieces a model (or an attacker) might repeat: answer markers, digits in other scripts,
@@ -213,3 +219,36 @@ def _stopped(text: str, patterns: Sequence[str]) -> str:
 
 
 __all__ = ["CANARY", "UNTRUSTED_UNITS", "TaskConformance"]
+
+
+def tiny_model(seed: int = 0, cache_dir: str | None = None) -> tuple[nn.Module, Any]:
+    """A randomly initialized 2-layer Llama with the bundled SmolLM2 tokenizer, for fast tests.
+
+    Weights come from `seed`, so two calls with the same seed give the same model. The init spread
+    is larger than a real model's so that greedy decoding has clear winners (no float near-ties).
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = load_bundled_tokenizer(cache_dir)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        initializer_range=0.2,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    generator_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    setattr(model, _MODEL_ID_ATTR, f"gfo-tiny-llama-seed{seed}")
+    return _prepare(model, tokenizer)

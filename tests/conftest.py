@@ -22,12 +22,12 @@ DATA_DIR = Path(os.environ.get("GFO_DATA_DIR") or Path(__file__).resolve().paren
 
 @pytest.fixture(scope="session")
 def tiny_lm() -> tuple[Any, Any]:
-    """`(model, tokenizer)` of `gfo_llm.model.tiny_model(seed=0)`, float32, shared by the session.
+    """`(model, tokenizer)` of `gfo_llm.testing.tiny_model(seed=0)`, float32, shared by the session.
 
     Do not modify it (PiSSA init and the batched engine change a model in place): use `tiny_lm_copy`.
     """
     from gfo.errors import GfoError
-    from gfo_llm.model import tiny_model
+    from gfo_llm.testing import tiny_model
 
     try:
         return tiny_model(seed=0)
@@ -54,7 +54,7 @@ def tiny_lm_copy(tiny_lm: tuple[Any, Any]) -> tuple[Any, Any]:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tiny_lm: tuple[Any, Any], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny random Llama (`gfo_llm.model.tiny_model`) saved once as a model directory, float32."""
+    """The tiny random Llama (`gfo_llm.testing.tiny_model`) saved once as a model directory, float32."""
     model, tokenizer = tiny_lm
     directory = tmp_path_factory.mktemp("tiny-model")
     model.save_pretrained(directory)

@@ -22,8 +22,8 @@ from gfo_llm.model import (
     model_id,
     native_bf16,
     resolve_dtype,
-    tiny_model,
 )
+from gfo_llm.testing import tiny_model
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

@@ -265,7 +265,7 @@ def test_more_actors_than_cpus_is_refused() -> None:
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from gfo_llm.model import tiny_model
+    from gfo_llm.testing import tiny_model
 
     model, tokenizer = tiny_model()
     model = cast(Any, model)  # a transformers model: has save_pretrained

@@ -67,7 +67,7 @@ def test_rank_slot_rounds_up_to_what_vllm_accepts() -> None:
 
 @pytest.fixture(scope="module")
 def tiny() -> tuple[object, object]:
-    from gfo_llm.model import tiny_model
+    from gfo_llm.testing import tiny_model
 
     return tiny_model()
 
