@@ -51,6 +51,13 @@ class RunConfig:
     )
     gpus_per_actor: float = field(default=0.0, metadata={"help": "GPUs reserved per Ray actor"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    select: typing.Literal["heldout", "center"] = field(
+        default="heldout",
+        metadata={
+            "help": "what is exported: heldout (the best held-out score seen, else the best candidate) or "
+            "center (the search's final centre)"
+        },
+    )
     # None rather than (): the config.toml of an untracked run stays as it was before trackers existed.
     track: tuple[str, ...] | None = field(
         default=None,

@@ -204,9 +204,10 @@ def _run_problem(
                 # Stopped before a generation of its own: nothing changed, the files stay as they are.
                 raise Interrupted(stop.signum or signal.SIGINT, out)
             final, heldout_final = _score_owed(state, algorithm, evaluator, problem.sense)
+            center = algorithm.center()
         finally:
             evaluator.close()
-        summary = write_results(spec, problem, final, out, reason, heldout_final)
+        summary = write_results(spec, problem, final, out, reason, heldout_final, center)
     if reason in SIGNAL_REASONS:
         raise Interrupted(stop.signum or signal.SIGINT, out)
     for cb in callbacks:

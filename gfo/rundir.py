@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psutil
+import torch
 from safetensors.torch import save as save_safetensors
 
 from gfo import checkpoint, strictjson
@@ -136,12 +137,18 @@ def write_results(
     out: Path,
     reason: str,
     heldout_final: dict[str, Any] | None = None,
+    center: torch.Tensor | None = None,
 ) -> dict[str, Any]:
-    """best.safetensors, the export, summary.json and curve.png: at the end, and at a signal's stop."""
-    # With held-out scores, the best on held-out data is kept (ESSA's "keep the best on validation");
-    # otherwise the best candidate ever evaluated.
+    """best.safetensors, the export, summary.json and curve.png: at the end, and at a signal's stop.
+
+    `run.select=heldout`: with held-out scores, the best on held-out data is kept (ESSA's "keep the
+    best on validation"); otherwise the best candidate ever evaluated. `run.select=center`: the
+    search's final centre, `center` (a small selection set picks noise: docs/learning.md)."""
     use_heldout = state.heldout_solution is not None
     final = state.heldout_solution if use_heldout else state.best_solution
+    selected_by = "heldout" if use_heldout else "best_so_far"
+    if spec.run.select == "center" and center is not None:
+        final, selected_by = center, "center"
     tensors = {"best": state.best_solution, "selected": final}
     blob = save_safetensors({k: v.float().clone() for k, v in tensors.items() if v is not None})
     checkpoint.atomic_write(out / "best.safetensors", blob)
@@ -157,7 +164,7 @@ def write_results(
         "stop_reason": reason,
         "best_solution": "best.safetensors:best",
         "selected_solution": "best.safetensors:selected",
-        "selected_by": "heldout" if use_heldout else "best_so_far",
+        "selected_by": selected_by,
         "heldout_initial": None if math.isnan(state.heldout_initial) else state.heldout_initial,
         "heldout_best": None if not use_heldout else state.heldout_best,
         "heldout_generation": None if not use_heldout else state.heldout_generation,

@@ -209,3 +209,26 @@ def test_a_long_llm_run_does_not_grow(
     assert len(rows) == 100
     for key in ("rss_mb", "peak_rss_mb"):
         assert rows[-1][key] <= 1.2 * rows[10][key], (key, rows[10][key], rows[-1][key])
+
+
+def test_select_center_exports_the_final_centre_and_leaves_the_search_as_it_was(tmp_path: Path) -> None:
+    """`run.select=center`: the export is the search's final centre, not the held-out best (which a
+    small selection set picks by chance); the search itself is the same."""
+
+    class Grab(loop.Callback):
+        def on_start(self, spec: Any, problem: Any, algorithm: Any, start_generation: int) -> None:
+            self.algorithm = algorithm
+
+    grab = Grab()
+    by_heldout = run_here(tmp_path / "heldout", "run.generations=6")
+    by_center = run_here(tmp_path / "center", "run.generations=6", "run.select=center", callbacks=[grab])
+    assert (by_heldout["selected_by"], by_center["selected_by"]) == ("heldout", "center")
+    steady = [
+        [{k: v for k, v in r.items() if k not in loop.VOLATILE} for r in rows_of(tmp_path / d)]
+        for d in ("center", "heldout")
+    ]
+    assert steady[0] == steady[1]
+    selected = load_file(tmp_path / "center" / "best.safetensors")["selected"]
+    assert torch.equal(selected, grab.algorithm.center().float())
+    held = load_file(tmp_path / "heldout" / "best.safetensors")["selected"]
+    assert not torch.equal(selected, held)
