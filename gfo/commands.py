@@ -15,8 +15,7 @@ from gfo.registry import COMMANDS
 
 
 def add_plugin_commands(app: typer.Typer) -> None:
-    """Add the commands of the `gfo.commands` entry points to a Typer app, once (the LLM adapter's `eval`
-    and `sft` come this way, so that this package names none of them).
+    """Add the commands of the `gfo.commands` entry points to a Typer app, once.
 
     An entry point names a function, which becomes the command of the entry point's name, or a Typer
     app, which becomes a command group of that name. A name that is taken is refused; a plug-in that
