@@ -65,10 +65,10 @@ def run(
         ("run.ray_address", ray_address),
         ("run.gpus_per_actor", gpus_per_actor),
         ("run.track", track),
-        ("run.progress", False if quiet else None),
+        ("run.progress", "false" if quiet else None),
     ):
         if value is not None:
-            overrides.append(f"{key}={str(value).lower() if isinstance(value, bool) else value}")
+            overrides.append(f"{key}={value}")
     base = None
     if resume is not None:
         if out is not None and out != resume:

@@ -269,7 +269,7 @@ def report(
     try:
         ok = [r for r in rows if r.status == "ok"]
         folders = {a: [Path(r.run_dir) for r in ok if r.algo == a] for a in dict.fromkeys(r.algo for r in ok)}
-        plot_curves(folders, out / "curves.png", problem=problem, sense=sense, seeds=seeds)
+        curves = plot_curves(folders, out / "curves.png", problem=problem, sense=sense, seeds=seeds)
     except Exception as exc:  # a plot must never cost the table
         warnings.warn(f"curves.png not written: {exc}", stacklevel=2)
         curves = None
