@@ -88,6 +88,15 @@ RECIPES = {
 }
 
 
+def _pair(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(
+            f"takes KEY=VALUE, e.g. constraints=punctuation:no_comma; got {text!r}"
+        )
+    return key.removeprefix("problem."), value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--recipe", choices=sorted(RECIPES), default="arithmetic")
@@ -105,6 +114,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--start", default=None, help="an existing warm-start adapter instead of running SFT")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
+        "--fresh",
+        choices=("seed", "offset"),
+        default=None,
+        help="where the fresh items come from: 'seed', the test stream of another data_seed (generated tasks'"
+        " default), or 'offset', the test split past the search's selection items (GSM8K's; for a generated"
+        " task whose item universe is small, so that another seed would repeat training items)",
+    )
+    p.add_argument(
         "--eval-cache",
         type=Path,
         default=None,
@@ -113,6 +130,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], help="search override KEY=VALUE (repeatable)"
+    )
+    p.add_argument(
+        "--task-set",
+        dest="task_sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        type=_pair,
+        help="problem setting of every step, for what defines the items (e.g. constraints=punctuation:"
+        "no_comma): the evals, the SFT, the search and the check for fresh items training saw (repeatable)",
     )
     return p.parse_args(argv)
 
@@ -156,16 +183,19 @@ def correct(eval_dir: Path, keep: list[bool] | None = None) -> list[bool]:
     return rows if keep is None else [ok for ok, k in zip(rows, keep, strict=True) if k]
 
 
-def unseen(task: str, eval_dir: Path, model: str | None) -> list[bool]:
+def unseen(task: str, eval_dir: Path, settings: dict[str, Any]) -> list[bool]:
     """Which scored items are in neither split of the training stream (default data_seed).
 
     A generated task's other seed can repeat an item by chance (level-1 arithmetic has about 20k
-    distinct two-term sums); such an item is dropped from the paired statistics.
+    distinct two-term sums); such an item is dropped from the paired statistics. `settings` are the
+    problem settings every step shares (those that define the items among them).
     """
+    from gfo.config import build
     from gfo.registry import PROBLEMS
 
     cls: Any = PROBLEMS.get(task)
-    training = cls.task_class(cls.Config(model=model))
+    values = {k: ",".join(map(str, v)) if isinstance(v, (list, tuple)) else v for k, v in settings.items()}
+    training = cls.task_class(build(cls.Config, values, "problem"))
     seen = {
         json.dumps(dict(ex), sort_keys=True) for split in ("train", "test") for ex in training.examples(split)
     }
@@ -180,7 +210,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = args.out or args.json.with_suffix("")
     out.mkdir(parents=True, exist_ok=True)
     gfo = [sys.executable, "-m", "gfo.cli"]
-    common = sets(recipe.problem) + (["--set", f"problem.model={args.model}"] if args.model else [])
+    every = {**recipe.problem, **dict(args.task_sets)}
+    every |= {"model": args.model} if args.model else {}
+    common = sets(every)
     log: list[dict[str, Any]] = []
     items = args.items or recipe.items
 
@@ -189,8 +221,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # The adapter's shape is the same in every step: the SFT adapter is the search's start.
     shape = {k: search.pop(k) for k in ADAPTER_SHAPE if k in search}
     common += sets(shape)
-    fresh = ["--set", f"problem.data_seed={FRESH_SEED}"] if recipe.generated else []
-    offset = [] if recipe.generated else ["--offset", str(int(search.get("eval_limit", 64)))]
+    by_seed = (args.fresh or ("seed" if recipe.generated else "offset")) == "seed"
+    if by_seed and not recipe.generated:
+        raise SystemExit(
+            f"--fresh seed needs a generated task; {recipe.task} has no data_seed, use --fresh offset"
+        )
+    fresh = ["--set", f"problem.data_seed={FRESH_SEED}"] if by_seed else []
+    offset = [] if by_seed else ["--offset", str(int(search.get("eval_limit", 64)))]
     scored: dict[str, Path] = {}
     eval_s = 0.0
 
@@ -277,7 +314,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         scored["start"] = scored["base"]
     score("final", str(final))
-    keep = unseen(recipe.task, scored["final"], args.model) if recipe.generated else None
+    keep = unseen(recipe.task, scored["final"], every) if by_seed else None
     base, begin, end = (correct(scored[k], keep) for k in ("base", "start", "final"))
     vs_start, vs_base = paired_summary(end, begin), paired_summary(end, base)
     start_vs_base = paired_summary(begin, base)
@@ -291,9 +328,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "algo": args.algo or recipe.algo,
             "popsize": popsize,
             "generations": generations,
-            "problem": recipe.problem,
+            "problem": every,
             "search": {**search, **shape},
             "start": start or "pissa",
+            "fresh": "seed" if by_seed else "offset",
             "budget_completions": budget,
         },
         "base_acc": vs_base["acc_b"],

@@ -1,11 +1,12 @@
 """Verifiable instruction following: IFEval-style constraints on short paragraphs (ESSA's IFEval, in spirit).
 
-Prompts are generated offline from a seed: "Write a short paragraph about TOPIC." followed by one or
-two IFEval instructions (`problems._instructions`), never two that contradict each other. The
-reward is the fraction of a prompt's instructions the completion follows, so a reward of 1 is
-IFEval's strict prompt-level compliance, and `gfo eval` (which counts reward >= 1 as correct)
-reports it as `correct / items`. `constraint_report` gives the per-instruction breakdown;
-`python -m problems.instruct OUT/completions.jsonl` prints it for a `gfo eval` folder.
+Prompts are generated offline from a seed: a request about a topic ("Write a short paragraph about
+TOPIC.", or one of `REQUESTS`' other wordings) followed by one or two IFEval instructions
+(`problems._instructions`), never two that contradict each other. The reward is the fraction of a
+prompt's instructions the completion follows, so a reward of 1 is IFEval's strict prompt-level
+compliance, and `gfo eval` (which counts reward >= 1 as correct) reports it as `correct / items`.
+`constraint_report` gives the per-instruction breakdown; `python -m problems.instruct
+OUT/completions.jsonl` prints it for a `gfo eval` folder.
 """
 
 from __future__ import annotations
@@ -27,7 +28,27 @@ from problems import _instructions as ins
 from problems._answers import MAX_COMPLETION_CHARS
 from problems._generated import GeneratedConfig, GeneratedTask
 
-PROMPT = "Write a short paragraph about {topic}."
+# Requests for a short piece of prose, each with the same room for every instruction: 16 wordings x 101
+# topics give one parameterless instruction 1,616 distinct prompts, enough for a test stream of 500
+# and a training stream beside it (one wording gave 100: too few for a one-instruction study).
+REQUESTS = (
+    "Write a short paragraph about {topic}.",
+    "Describe {topic} in a few sentences.",
+    "Write a short blog post about {topic}.",
+    "Tell me about {topic}.",
+    "Write a brief story about {topic}.",
+    "Explain to a child what {topic} is like.",
+    "Write a short note to a friend about {topic}.",
+    "Share your thoughts on {topic}.",
+    "Write a few sentences about {topic}.",
+    "Write a short diary entry about {topic}.",
+    "Give a short description of {topic}.",
+    "Write a short essay about {topic}.",
+    "What do you like about {topic}? Answer in a short paragraph.",
+    "Write a short speech about {topic}.",
+    "Describe a memory of {topic}.",
+    "Write a short letter to a newspaper about {topic}.",
+)
 # Expected mid-range on the bundled model (to be measured: docs/tasks.md). Low at base: lowercase,
 # capital, no comma, end phrase, forbidden topic word; high: title. Those stay available.
 DEFAULT_CONSTRAINTS = (ins.NUMBER_WORDS, ins.EXISTENCE, ins.BULLETS, ins.QUOTATION, ins.POSTSCRIPT)
@@ -155,14 +176,16 @@ class Instruct(GeneratedTask):
         else:
             choices = [pair for pair in combinations(cfg.constraints, 2) if ins.compatible(*pair)]
         rows: list[dict[str, Any]] = []
-        for _ in range(50 * size):  # bounded: one instruction on few topics has few distinct prompts
+        for _ in range(50 * size):  # bounded: one instruction has len(TOPICS) x len(REQUESTS) prompts
             if len(rows) == size:
                 return rows
             topic, word = rng.choice(TOPICS)
+            request = rng.choice(REQUESTS).format(topic=topic)
             ids = list(rng.choice(choices))
             rng.shuffle(ids)
             row = {
                 "topic": topic,
+                "request": request,
                 "instruction_id_list": ids,
                 "kwargs": [ins.INSTRUCTIONS[name].sample(rng, word) for name in ids],
             }
@@ -180,9 +203,9 @@ __getattr__ = lazy_problem(__name__, Instruct)
 
 
 def prompt_text(example: Example) -> str:
-    """The user message: the topic sentence, then each instruction's sentence."""
+    """The user message: the request about the topic, then each instruction's sentence."""
     pairs = zip(example["instruction_id_list"], example["kwargs"], strict=True)
-    return " ".join([PROMPT.format(topic=example["topic"]), *(ins.describe(n, kw) for n, kw in pairs)])
+    return " ".join([example["request"], *(ins.describe(n, kw) for n, kw in pairs)])
 
 
 def follows(text: str, example: Example) -> list[bool]:

@@ -22,6 +22,7 @@ from problems import _instructions as ins
 from problems._answers import MAX_COMPLETION_CHARS
 from problems.instruct import (
     DEFAULT_CONSTRAINTS,
+    REQUESTS,
     TOPICS,
     Instruct,
     InstructConfig,
@@ -252,6 +253,7 @@ def test_train_and_test_are_disjoint_prompts() -> None:
 def test_prompt_wording() -> None:
     example = {
         "topic": "ice cream",
+        "request": "Write a short paragraph about ice cream.",
         "instruction_id_list": [ins.NUMBER_WORDS, ins.EXISTENCE],
         "kwargs": [{"relation": "less than", "num_words": 20}, {"keywords": ["summer", "friend"]}],
     }
@@ -314,11 +316,21 @@ def test_witness_for_single_instructions() -> None:
 
 
 def test_single_instruction_with_few_prompts_runs_out() -> None:
-    """One parameterless instruction gives one prompt per topic: asking for more is an error."""
+    """One parameterless instruction has one prompt per (request, topic): asking for more is an error."""
+    distinct = len(REQUESTS) * len(TOPICS)
+    assert distinct == 1616
     config = InstructConfig(
-        constraints=(ins.NO_COMMA,), constraints_per_prompt=1, train_size=50, test_size=60
+        constraints=(ins.NO_COMMA,), constraints_per_prompt=1, train_size=1000, test_size=500
     )
-    with pytest.raises(GfoError, match="could not generate 50 distinct instruct prompts"):
+    task = Instruct(config)
+    train, test = task.examples("train"), task.examples("test")
+    prompts = {prompt_text(r) for r in [*train, *test]}
+    assert len(prompts) == 1500  # a one-instruction study's streams fit, disjoint
+    assert {r["request"].replace(r["topic"], "{topic}") for r in test} == set(REQUESTS)
+    config = InstructConfig(
+        constraints=(ins.NO_COMMA,), constraints_per_prompt=1, train_size=1117, test_size=500
+    )
+    with pytest.raises(GfoError, match="could not generate 1117 distinct instruct prompts"):
         Instruct(config).examples("train")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,8 @@ def test_learning_harness_end_to_end(tiny_model_dir: Path, tmp_path: Path, sft: 
     # The figures are the paired statistics of the per-item files the evals wrote, on the items
     # that are in neither split of the training stream.
     module, runs = harness(), out.with_suffix("")
-    keep = module.unseen("arithmetic", runs / "eval-final", str(tiny_model_dir))
+    assert saved["settings"]["problem"] == {"max_new_tokens": 64, "model": str(tiny_model_dir)}
+    keep = module.unseen("arithmetic", runs / "eval-final", saved["settings"]["problem"])
     final = module.correct(runs / "eval-final", keep)
     start = module.correct(runs / ("eval-start" if sft else "eval-base"), keep)
     assert saved["final_vs_start"] == json.loads(json.dumps(paired_summary(final, start)))
@@ -78,3 +80,40 @@ def test_learning_harness_end_to_end(tiny_model_dir: Path, tmp_path: Path, sft: 
         assert [Path(step["reused"]).parent for step in reused] == [tmp_path / "eval-cache"] * 2
         assert (result2["base_acc"], result2["start_acc"]) == (saved["base_acc"], saved["start_acc"])
         assert module.records(again.with_suffix("") / "eval-start") == module.records(runs / "eval-start")
+
+
+def test_task_sets_reach_every_step(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """`--task-set` defines the items of every step; `--fresh offset` scores the test split past the
+    search's selection items (one instruction has too few prompts for another seed to be fresh)."""
+    out = tmp_path / "comma.json"
+    argv = ["--recipe", "instruct", "--json", str(out), "--model", str(tiny_model_dir), "--items", "4"]
+    argv += ["--generations", "1", "--popsize", "2", "--no-sft", "--eval-cache", "", "--fresh", "offset"]
+    for key, value in (
+        ("constraints", "punctuation:no_comma"),
+        ("constraints_per_prompt", 1),
+        ("train_size", 1000),
+        ("test_size", 6),
+        ("max_new_tokens", 4),
+        ("dtype", "fp32"),
+    ):
+        argv += ["--task-set", f"{key}={value}"]
+    for key, value in (("batch_size", 2), ("eval_limit", 2)):
+        argv += ["--set", f"{key}={value}"]
+    saved = harness().main(argv)
+    module, runs = harness(), out.with_suffix("")
+    for step in ("eval-base", "eval-final"):
+        examples = [r["example"] for r in module.records(runs / step)]
+        assert [e["instruction_id_list"] for e in examples] == [["punctuation:no_comma"]] * 4
+        assert [r["index"] for r in module.records(runs / step)] == [2, 3, 4, 5]  # past eval_limit 2
+    searched = tomllib.loads((runs / "es" / "config.toml").read_text())["problem"]
+    assert (searched["constraints"], searched["test_size"]) == (["punctuation:no_comma"], 6)
+    assert saved["settings"]["problem"]["constraints_per_prompt"] == "1"
+    assert (saved["n_items"], saved["dropped_seen_items"], saved["settings"]["fresh"]) == (4, 0, "offset")
+
+
+def test_task_set_needs_a_value(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        harness().parse_args(["--json", "x.json", "--task-set", "constraints"])
+    assert exc.value.code == 2
+    error = capsys.readouterr().err
+    assert "takes KEY=VALUE, e.g. constraints=punctuation:no_comma; got 'constraints'" in error
