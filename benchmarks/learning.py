@@ -51,6 +51,7 @@ class Recipe:
     sft_epochs: float = 1.0
     items: int = 500
     generated: bool = True  # a task with a data_seed (arithmetic, instruct); GSM8K is not
+    fresh: str = "seed"  # fresh items: another data_seed's test stream, or the test split past `eval_limit`
 
 
 # SFT on worked references (one line per operation) gives the start; PGPE then searches the SVD
@@ -62,12 +63,33 @@ ARITHMETIC = Recipe(
     search={"batch_size": 32, "eval_every": 5, "eval_limit": 64, "stdev": 0.1, "algo.max_speed": 0.3},
 )
 
+# One instruction, "no commas", from the base model (no warm start): a behaviour one direction of
+# the SVD space can raise, where ES doubles compliance in 12 generations (docs/learning.md, session 5).
+# One parameterless instruction has 1,616 prompts, so fresh items are the test split past the
+# search's 64 selection items (another seed would repeat training prompts).
+NO_COMMA = Recipe(
+    task="instruct",
+    generations=12,
+    sft_limit=None,
+    problem={
+        "max_new_tokens": 96,
+        "constraints": "punctuation:no_comma",
+        "constraints_per_prompt": 1,
+        "train_size": 1000,
+        "test_size": 564,
+    },
+    search={"batch_size": 16, "eval_every": 5, "eval_limit": 64, "stdev": 0.25, "algo.max_speed": 0.75}
+    | {"run.select": "center"},  # the final centre, not the best of a few looks at 64 items
+    fresh="offset",
+)
+
 RECIPES = {
     "arithmetic": ARITHMETIC,
-    # `make run`: the arithmetic recipe cut to about 15 minutes on a 2-core CPU. A 256-item SFT
-    # (about 2 minutes) already moves 0.09 to 0.27, so the first improvement shows within 5 minutes.
+    "no-comma": NO_COMMA,
+    # `make run`: the no-comma recipe cut to about 15 minutes on a 2-core CPU: 8 generations, scored
+    # on 300 fresh prompts, the held-out centre shown at generations 0, 4 and 8.
     "quickstart": dataclasses.replace(
-        ARITHMETIC, generations=6, items=300, sft_limit=256, search={**ARITHMETIC.search, "eval_every": 2}
+        NO_COMMA, generations=8, items=300, search={**NO_COMMA.search, "eval_every": 4}
     ),
     "instruct": Recipe(
         task="instruct",
@@ -84,6 +106,7 @@ RECIPES = {
         sft_limit=1495,
         sft_lr=1e-4,
         generated=False,
+        fresh="offset",
     ),
 }
 
@@ -117,9 +140,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--fresh",
         choices=("seed", "offset"),
         default=None,
-        help="where the fresh items come from: 'seed', the test stream of another data_seed (generated tasks'"
-        " default), or 'offset', the test split past the search's selection items (GSM8K's; for a generated"
-        " task whose item universe is small, so that another seed would repeat training items)",
+        help="where the fresh items come from (default: the recipe's): 'seed', the test stream of another"
+        " data_seed, or 'offset', the test split past the search's selection items (GSM8K; a generated"
+        " task whose item universe is small, where another seed would repeat training items)",
     )
     p.add_argument(
         "--eval-cache",
@@ -221,7 +244,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # The adapter's shape is the same in every step: the SFT adapter is the search's start.
     shape = {k: search.pop(k) for k in ADAPTER_SHAPE if k in search}
     common += sets(shape)
-    by_seed = (args.fresh or ("seed" if recipe.generated else "offset")) == "seed"
+    by_seed = (args.fresh or recipe.fresh) == "seed"
     if by_seed and not recipe.generated:
         raise SystemExit(
             f"--fresh seed needs a generated task; {recipe.task} has no data_seed, use --fresh offset"

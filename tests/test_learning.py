@@ -117,3 +117,27 @@ def test_task_set_needs_a_value(capsys: pytest.CaptureFixture[str]) -> None:
     assert exc.value.code == 2
     error = capsys.readouterr().err
     assert "takes KEY=VALUE, e.g. constraints=punctuation:no_comma; got 'constraints'" in error
+
+
+@pytest.mark.parametrize("name", sorted(harness().RECIPES))
+def test_every_recipe_is_a_valid_problem_config(name: str) -> None:
+    """Each recipe's settings build its task's config: `make run` cannot fail on a typo in them."""
+    from gfo.config import build
+    from gfo.registry import PROBLEMS
+
+    recipe = harness().RECIPES[name]
+    problem = {
+        k.removeprefix("problem."): v
+        for k, v in recipe.search.items()
+        if "." not in k or k.startswith("problem.")
+    }
+    values = {
+        k: ",".join(map(str, v)) if isinstance(v, list) else v
+        for k, v in {**recipe.problem, **problem}.items()
+    }
+    cls: Any = PROBLEMS.get(recipe.task)
+    config = build(cls.Config, values, "problem")
+    assert config.max_new_tokens == recipe.problem["max_new_tokens"]
+    if recipe.fresh == "offset" and recipe.generated:
+        # fresh items past the selection items must exist in the test split
+        assert config.test_size >= config.eval_limit + recipe.items
