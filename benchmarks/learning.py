@@ -164,7 +164,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="problem setting of every step, for what defines the items (e.g. constraints=punctuation:"
         "no_comma): the evals, the SFT, the search and the check for fresh items training saw (repeatable)",
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    recipe = RECIPES[args.recipe]
+    if args.fresh == "seed" and not recipe.generated:
+        p.error(f"--fresh seed needs a generated task; {recipe.task} has no data_seed, use --fresh offset")
+    return args
 
 
 def sets(values: dict[str, Any]) -> list[str]:
@@ -245,10 +249,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     shape = {k: search.pop(k) for k in ADAPTER_SHAPE if k in search}
     common += sets(shape)
     by_seed = (args.fresh or recipe.fresh) == "seed"
-    if by_seed and not recipe.generated:
-        raise SystemExit(
-            f"--fresh seed needs a generated task; {recipe.task} has no data_seed, use --fresh offset"
-        )
     fresh = ["--set", f"problem.data_seed={FRESH_SEED}"] if by_seed else []
     offset = [] if by_seed else ["--offset", str(int(search.get("eval_limit", 64)))]
     scored: dict[str, Path] = {}

@@ -111,12 +111,24 @@ def test_task_sets_reach_every_step(tiny_model_dir: Path, tmp_path: Path) -> Non
     assert (saved["n_items"], saved["dropped_seen_items"], saved["settings"]["fresh"]) == (4, 0, "offset")
 
 
-def test_task_set_needs_a_value(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["--task-set", "constraints"],
+            "takes KEY=VALUE, e.g. constraints=punctuation:no_comma; got 'constraints'",
+        ),
+        (
+            ["--recipe", "gsm8k", "--fresh", "seed"],
+            "--fresh seed needs a generated task; gsm8k has no data_seed",
+        ),
+    ],
+)
+def test_bad_harness_arguments(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
-        harness().parse_args(["--json", "x.json", "--task-set", "constraints"])
+        harness().parse_args(["--json", "x.json", *argv])
     assert exc.value.code == 2
-    error = capsys.readouterr().err
-    assert "takes KEY=VALUE, e.g. constraints=punctuation:no_comma; got 'constraints'" in error
+    assert message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", sorted(harness().RECIPES))
