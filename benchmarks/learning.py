@@ -5,7 +5,8 @@
     python benchmarks/learning.py --recipe arithmetic --no-sft --set problem.stdev=0.5 --json FILE
 
 Steps, each a real `gfo` command in a subprocess (printed, and stored in the JSON):
-  1. `gfo sft` on the task's first `sft_limit` training items (skipped by `--no-sft`): the start;
+  1. `gfo sft` on the task's first `sft_limit` training items (skipped by `--no-sft`, and in recipes
+     without a warm start unless `--sft`): the start;
   2. the search from that start: `gfo run` (ES, `--method es`) or `benchmarks/grpo_baseline.py`
      (`--method grpo`) at the same number of training completions;
   3. `gfo eval` of the base model, the start and the final adapter on `--items` FRESH items that no
@@ -46,7 +47,8 @@ class Recipe:
     generations: int = 20
     problem: dict[str, Any] = field(default_factory=dict)  # --set problem.KEY=VALUE of every step
     search: dict[str, Any] = field(default_factory=dict)  # --set of the search only (algo.*, problem.*)
-    sft_limit: int | None = 1024
+    sft: bool = True  # a warm start by SFT (False: the PiSSA start, the base model itself)
+    sft_limit: int | None = 1024  # None: every training item
     sft_lr: float = 1e-3
     sft_epochs: float = 1.0
     items: int = 500
@@ -70,7 +72,7 @@ ARITHMETIC = Recipe(
 NO_COMMA = Recipe(
     task="instruct",
     generations=12,
-    sft_limit=None,
+    sft=False,
     problem={
         "max_new_tokens": 96,
         "constraints": "punctuation:no_comma",
@@ -93,7 +95,7 @@ RECIPES = {
     ),
     "instruct": Recipe(
         task="instruct",
-        sft_limit=None,
+        sft=False,  # the witness answers are formulaic; run 4 and its GRPO pair start from the base model
         problem={"max_new_tokens": 96},
         search={"batch_size": 32, "eval_every": 5, "eval_limit": 64, "stdev": 0.25, "algo.max_speed": 0.75},
     ),
@@ -131,7 +133,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--generations", type=int, default=None)
     p.add_argument("--popsize", type=int, default=None)
     p.add_argument("--algo", default=None)
-    p.add_argument("--no-sft", action="store_true", help="start from the PiSSA init (no warm start)")
+    p.add_argument(
+        "--sft",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="warm-start by SFT, or (--no-sft) start from the PiSSA init: the base model (default: recipe's)",
+    )
     p.add_argument("--sft-limit", type=int, default=None)
     p.add_argument("--sft-lr", type=float, default=None)
     p.add_argument("--start", default=None, help="an existing warm-start adapter instead of running SFT")
@@ -285,7 +292,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     sft_s = 0.0
     if args.start:
         start: str | None = str(Path(args.start).resolve())
-    elif args.no_sft:
+    elif not (recipe.sft if args.sft is None else args.sft):
         start = None  # PiSSA's centre is the base model exactly (docs/llm.md)
     else:
         sft_dir = out / "sft"

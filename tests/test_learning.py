@@ -87,7 +87,7 @@ def test_task_sets_reach_every_step(tiny_model_dir: Path, tmp_path: Path) -> Non
     search's selection items (one instruction has too few prompts for another seed to be fresh)."""
     out = tmp_path / "comma.json"
     argv = ["--recipe", "instruct", "--json", str(out), "--model", str(tiny_model_dir), "--items", "4"]
-    argv += ["--generations", "1", "--popsize", "2", "--no-sft", "--eval-cache", "", "--fresh", "offset"]
+    argv += ["--generations", "1", "--popsize", "2", "--eval-cache", "", "--fresh", "offset"]
     for key, value in (
         ("constraints", "punctuation:no_comma"),
         ("constraints_per_prompt", 1),
@@ -109,6 +109,8 @@ def test_task_sets_reach_every_step(tiny_model_dir: Path, tmp_path: Path) -> Non
     assert (searched["constraints"], searched["test_size"]) == (["punctuation:no_comma"], 6)
     assert saved["settings"]["problem"]["constraints_per_prompt"] == "1"
     assert (saved["n_items"], saved["dropped_seen_items"], saved["settings"]["fresh"]) == (4, 0, "offset")
+    # The instruct recipes start from the base model: no SFT step, no start eval.
+    assert saved["settings"]["start"] == "pissa" and saved["sft_wall_s"] == 0 and not (runs / "sft").exists()
 
 
 @pytest.mark.parametrize(
@@ -150,6 +152,7 @@ def test_every_recipe_is_a_valid_problem_config(name: str) -> None:
     cls: Any = PROBLEMS.get(recipe.task)
     config = build(cls.Config, values, "problem")
     assert config.max_new_tokens == recipe.problem["max_new_tokens"]
+    assert recipe.sft == (recipe.task != "instruct")  # make run (quickstart) has no warm start
     if recipe.fresh == "offset" and recipe.generated:
         # fresh items past the selection items must exist in the test split
         assert config.test_size >= config.eval_limit + recipe.items
