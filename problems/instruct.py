@@ -49,9 +49,10 @@ REQUESTS = (
     "Describe a memory of {topic}.",
     "Write a short letter to a newspaper about {topic}.",
 )
-# Expected mid-range on the bundled model (to be measured: docs/tasks.md). Low at base: lowercase,
-# capital, no comma, end phrase, forbidden topic word; high: title. Those stay available.
-DEFAULT_CONSTRAINTS = (ins.NUMBER_WORDS, ins.EXISTENCE, ins.BULLETS, ins.QUOTATION, ins.POSTSCRIPT)
+# Not near 0% or 100% on the bundled model, one per prompt (docs/tasks.md, measured): word count
+# 89%, keyword 19%, bullets 72%, no comma 26%, postscript 50%. Quotation (0%) left the default in
+# session 5; it and the other near-0% or near-100% ids stay available.
+DEFAULT_CONSTRAINTS = (ins.NUMBER_WORDS, ins.EXISTENCE, ins.BULLETS, ins.NO_COMMA, ins.POSTSCRIPT)
 
 # (topic, its word): the word is what `keywords:forbidden_words` forbids, the one hardest to avoid.
 TOPICS = (
