@@ -178,12 +178,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def as_text(value: Any) -> Any:
+    """A setting as `--set` writes it: a list joined by commas, anything else as it is."""
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+
+
 def sets(values: dict[str, Any]) -> list[str]:
     out: list[str] = []
     for key, value in values.items():
-        if isinstance(value, (list, tuple)):
-            value = ",".join(map(str, value))
-        out += ["--set", key if "=" in key else f"{key if '.' in key else 'problem.' + key}={value}"]
+        out += ["--set", key if "=" in key else f"{key if '.' in key else 'problem.' + key}={as_text(value)}"]
     return out
 
 
@@ -228,7 +231,7 @@ def unseen(task: str, eval_dir: Path, settings: dict[str, Any]) -> list[bool]:
     from gfo.registry import PROBLEMS
 
     cls: Any = PROBLEMS.get(task)
-    values = {k: ",".join(map(str, v)) if isinstance(v, (list, tuple)) else v for k, v in settings.items()}
+    values = {k: as_text(v) for k, v in settings.items()}
     training = cls.task_class(build(cls.Config, values, "problem"))
     seen = {
         json.dumps(dict(ex), sort_keys=True) for split in ("train", "test") for ex in training.examples(split)

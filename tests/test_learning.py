@@ -139,16 +139,14 @@ def test_every_recipe_is_a_valid_problem_config(name: str) -> None:
     from gfo.config import build
     from gfo.registry import PROBLEMS
 
-    recipe = harness().RECIPES[name]
+    module = harness()
+    recipe = module.RECIPES[name]
     problem = {
         k.removeprefix("problem."): v
         for k, v in recipe.search.items()
         if "." not in k or k.startswith("problem.")
     }
-    values = {
-        k: ",".join(map(str, v)) if isinstance(v, list) else v
-        for k, v in {**recipe.problem, **problem}.items()
-    }
+    values = {k: module.as_text(v) for k, v in {**recipe.problem, **problem}.items()}
     cls: Any = PROBLEMS.get(recipe.task)
     config = build(cls.Config, values, "problem")
     assert config.max_new_tokens == recipe.problem["max_new_tokens"]
