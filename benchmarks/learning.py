@@ -99,12 +99,15 @@ RECIPES = {
         problem={"max_new_tokens": 96},
         search={"batch_size": 32, "eval_every": 5, "eval_limit": 64, "stdev": 0.25, "algo.max_speed": 0.75},
     ),
+    # ESSA's recipe. An SFT start's singular values are 0.02 to 0.43 (the 512-item SFT of session 5;
+    # arithmetic's are 0.07 to 0.7), so the search takes arithmetic's spread and step, not the PiSSA
+    # start's 0.25. On a 2-core CPU `--sft-limit 512 --sft-lr 1e-3` fits the SFT in 20 minutes.
     "gsm8k": Recipe(
         task="gsm8k",
         popsize=8,
-        generations=10,
+        generations=8,
         problem={"max_new_tokens": 256},
-        search={"batch_size": 16, "eval_every": 5, "eval_limit": 64, "stdev": 0.25, "algo.max_speed": 0.75},
+        search={"batch_size": 16, "eval_every": 5, "eval_limit": 64, "stdev": 0.1, "algo.max_speed": 0.3},
         sft_limit=1495,
         sft_lr=1e-4,
         generated=False,
@@ -141,7 +144,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--sft-limit", type=int, default=None)
     p.add_argument("--sft-lr", type=float, default=None)
-    p.add_argument("--start", default=None, help="an existing warm-start adapter instead of running SFT")
+    p.add_argument(
+        "--start",
+        default=None,
+        help="an existing warm-start adapter instead of running SFT (one that `gfo sft` made: its sft.json's"
+        " training time counts in wall_s)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--fresh",
@@ -200,13 +208,25 @@ def run(command: list[str], log: list[dict[str, Any]]) -> float:
     return seconds
 
 
+SCORING_CODE = ("gfo", "gfo_llm", "problems", "pyproject.toml")  # what an eval's numbers depend on
+
+
+def files_digest(digest: Any, root: Path, names: tuple[str, ...] | None = None) -> None:
+    """Feed the names and bytes of every file under `root` (or its `names`) to `digest`, in order."""
+    tops = [root / name for name in names] if names else [root]
+    for top in tops:
+        for path in sorted(top.rglob("*")) if top.is_dir() else [top]:
+            if path.is_file() and "__pycache__" not in path.parts:
+                digest.update(str(path.relative_to(root)).encode() + path.read_bytes())
+
+
 def eval_key(command: list[str], adapter: str | None) -> str:
-    """What makes two fresh-item evals the same: the command (less --out), the commit and the
-    bytes of the adapter's files."""
-    digest = hashlib.sha256(json.dumps([command[1:], git_commit()]).encode())
-    for path in sorted(Path(adapter).rglob("*")) if adapter else []:
-        if path.is_file():
-            digest.update(path.name.encode() + path.read_bytes())
+    """What makes two fresh-item evals the same: the command (less --out), the bytes of the code
+    that scores (not the commit: a docs commit keeps the evals) and those of the adapter's files."""
+    digest = hashlib.sha256(json.dumps(command[1:]).encode())
+    files_digest(digest, ROOT, SCORING_CODE)
+    if adapter:
+        files_digest(digest, Path(adapter))
     return digest.hexdigest()[:16]
 
 
@@ -292,9 +312,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     score("base", None)
 
     # 1. The start.
-    sft_s = 0.0
+    sft_s, sft_reused = 0.0, None
     if args.start:
         start: str | None = str(Path(args.start).resolve())
+        # An adapter made by `gfo sft` (an earlier run's start): its training time still counts.
+        made_by = Path(args.start).resolve().parent / "sft.json"
+        if made_by.is_file():
+            sft_s, sft_reused = float(json.loads(made_by.read_text()).get("wall_s", 0.0)), str(made_by)
+            print(f"start: {start}, trained by SFT in {sft_s / 60:.1f} min ({made_by}), counted in wall_s")
     elif not (recipe.sft if args.sft is None else args.sft):
         start = None  # PiSSA's centre is the base model exactly (docs/llm.md)
     else:
@@ -381,6 +406,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "tokens": tokens,
         "wall_s": round(sft_s + search_s, 1),
         "sft_wall_s": round(sft_s, 1),
+        "sft_reused": sft_reused,  # the sft.json whose wall time sft_wall_s is, when --start reused it
         "search_wall_s": round(search_s, 1),
         "eval_wall_s": round(eval_s, 1),
         "peak_rss_mb": round(peak, 1),
@@ -391,6 +417,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "cpu": cpu_model(),
         "steps": log,
     }
+    if recipe.task == "instruct":
+        result_json["breakdown"] = {name: instruct_breakdown(scored[name], keep) for name in scored}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result_json, indent=2))
     if curve:
@@ -402,7 +430,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{vs_start['p_value']:.2g}, p(final vs base) = {vs_base['p_value']:.2g}; "
         f"{result_json['wall_s'] / 60:.1f} min (SFT {sft_s / 60:.1f} + search {search_s / 60:.1f})"
     )
+    if "breakdown" in result_json:
+        named = {k: "{}/{}".format(*v["topic_named"]) for k, v in result_json["breakdown"].items()}
+        print(f"answers naming their topic's word: base {named['base']}, final {named['final']}")
     return result_json
+
+
+def instruct_breakdown(eval_dir: Path, keep: list[bool] | None = None) -> dict[str, Any]:
+    """An instruct eval's per-check counts (followed, asked) and how many answers name their topic's
+    word, asked for or not: the drift that strict compliance cannot see (docs/tasks.md)."""
+    from problems.instruct import TOPICS, constraint_report, mentions
+
+    rows = records(eval_dir)
+    rows = rows if keep is None else [r for r, k in zip(rows, keep, strict=True) if k]
+    words = dict(TOPICS)
+    texts = [r["completion"] if isinstance(r["completion"], str) else "" for r in rows]
+    named = sum(mentions(t, words[r["example"]["topic"]]) for t, r in zip(texts, rows, strict=True))
+    return {
+        "checks": constraint_report(texts, [r["example"] for r in rows]),
+        "topic_named": [named, len(rows)],
+    }
 
 
 def heldout_curve(metrics: Path, summary: dict[str, Any]) -> list[dict[str, float]]:

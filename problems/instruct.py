@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -112,6 +113,13 @@ class InstructConfig(GeneratedConfig):
             "'end with this phrase' answers were cut off (MISSION.md), failing end-of-answer instructions"
         },
     )
+    on_topic: bool = field(
+        default=False,
+        metadata={
+            "help": "also check, unstated in the prompt, that the answer names its topic's word: an answer "
+            "that follows the instructions but drops the subject (an apology, an offer to help) fails it"
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -131,6 +139,11 @@ class InstructConfig(GeneratedConfig):
                 raise ConfigError(
                     "problem.constraints: " + unknown_name("instruction", name, list(ins.INSTRUCTIONS))
                 )
+        if self.on_topic and ins.FORBIDDEN in self.constraints:
+            raise ConfigError(
+                f"problem.on_topic asks for the topic's word, which {ins.FORBIDDEN} forbids; drop "
+                "that instruction from problem.constraints or leave problem.on_topic out"
+            )
         if len(set(self.constraints)) != len(self.constraints):
             raise ConfigError(f"problem.constraints lists an instruction twice: {','.join(self.constraints)}")
         if self.constraints_per_prompt == 2:
@@ -190,6 +203,8 @@ class Instruct(GeneratedTask):
                 "instruction_id_list": ids,
                 "kwargs": [ins.INSTRUCTIONS[name].sample(rng, word) for name in ids],
             }
+            if cfg.on_topic:
+                row["topic_word"] = word  # the same prompts as without: only the check is added
             text = prompt_text(row)
             if text not in seen:
                 seen.add(text)
@@ -209,20 +224,35 @@ def prompt_text(example: Example) -> str:
     return " ".join([example["request"], *(ins.describe(n, kw) for n, kw in pairs)])
 
 
+ON_TOPIC = "topic:mentioned"  # not an IFEval id: the check `problem.on_topic` adds
+
+
+def checks(example: Example) -> list[str]:
+    """What `example` is scored on: its instruction ids, then `ON_TOPIC` when it carries a topic word."""
+    return [*example["instruction_id_list"], *([ON_TOPIC] if example.get("topic_word") else [])]
+
+
+def mentions(text: str, word: str) -> bool:
+    """Whether `text` has `word` at the start of a word, in any case ("Dogs" names "dog", "hotdog" not)."""
+    return re.search(r"\b" + re.escape(word), text, re.IGNORECASE) is not None
+
+
 def follows(text: str, example: Example) -> list[bool]:
-    """Per instruction of `example`, whether `text` follows it (IFEval's strict check).
+    """Per check of `example` (`checks`), whether `text` passes it (IFEval's strict check).
 
     Text that is not a string, is longer than `MAX_COMPLETION_CHARS`, or has no word character at all
     follows nothing: an empty answer should not earn "no commas" or "all lowercase".
     """
     ids, kwargs = example["instruction_id_list"], example["kwargs"]
     if not isinstance(text, str) or len(text) > MAX_COMPLETION_CHARS or ins.count_words(text) == 0:
-        return [False] * len(ids)
-    return [ins.check(name, text, kw) for name, kw in zip(ids, kwargs, strict=True)]
+        return [False] * len(checks(example))
+    passed = [ins.check(name, text, kw) for name, kw in zip(ids, kwargs, strict=True)]
+    word = example.get("topic_word")
+    return [*passed, mentions(text, word)] if word else passed
 
 
 def constraint_report(completions: Sequence[str], examples: Sequence[Example]) -> dict[str, tuple[int, int]]:
-    """Per instruction id, (completions that follow it, prompts that ask for it), ids sorted.
+    """Per instruction id (and `ON_TOPIC`), (completions that follow it, prompts that ask for it), sorted.
 
     IFEval's instruction-level accuracy is the pooled ratio; its strict prompt-level accuracy is the
     share of rewards equal to 1 (`correct / items` in `gfo eval`).
@@ -231,7 +261,7 @@ def constraint_report(completions: Sequence[str], examples: Sequence[Example]) -
         raise ValueError(f"{len(completions)} completions but {len(examples)} examples")
     counts: dict[str, tuple[int, int]] = {}
     for text, example in zip(completions, examples, strict=True):
-        for name, ok in zip(example["instruction_id_list"], follows(text, example), strict=True):
+        for name, ok in zip(checks(example), follows(text, example), strict=True):
             satisfied, total = counts.get(name, (0, 0))
             counts[name] = (satisfied + ok, total + 1)
     return dict(sorted(counts.items()))
@@ -241,10 +271,13 @@ def witness(example: Example) -> str:
     """A short answer that follows every instruction of `example`, built from neutral filler words.
 
     It proves each generated prompt satisfiable (tested on thousands of prompts) and is the task's
-    SFT reference. Filler words are none of the topic words, so a forbidden word never appears.
+    SFT reference. Filler words are none of the topic words, so a forbidden word never appears (the
+    topic's word is named only when the example asks for it: `problem.on_topic`, which excludes it).
     """
     given = dict(zip(example["instruction_id_list"], example["kwargs"], strict=True))
     opening = "This is a pleasant subject"  # 5 words: leaves room under the smallest word bound
+    if example.get("topic_word"):
+        opening = f"This is about {example['topic_word']}"
     if ins.EXISTENCE in given:
         opening += " that brings to mind " + " and ".join(given[ins.EXISTENCE]["keywords"])
     lines = [opening + "."]

@@ -22,10 +22,12 @@ from problems import _instructions as ins
 from problems._answers import MAX_COMPLETION_CHARS
 from problems.instruct import (
     DEFAULT_CONSTRAINTS,
+    ON_TOPIC,
     REQUESTS,
     TOPICS,
     Instruct,
     InstructConfig,
+    checks,
     constraint_report,
     follows,
     main,
@@ -315,6 +317,42 @@ def test_witness_for_single_instructions() -> None:
     assert json.loads(witness(example)) == {"paragraph": "This is a pleasant subject."}
 
 
+def test_on_topic_adds_a_check_not_a_prompt() -> None:
+    """`problem.on_topic`: the same prompts, each also scored on naming its topic's word."""
+    plain = Instruct(InstructConfig(train_size=300, test_size=100))
+    topical = Instruct(InstructConfig(train_size=300, test_size=100, on_topic=True))
+    words = dict(TOPICS)
+    for split in ("train", "test"):
+        rows = topical.examples(split)
+        assert [{k: v for k, v in r.items() if k != "topic_word"} for r in rows] == list(
+            plain.examples(split)
+        )
+        assert all(r["topic_word"] == words[r["topic"]] for r in rows)
+    example = {"topic": "walking the dog", "topic_word": "dog", "request": "Tell me about walking the dog.",
+               "instruction_id_list": [ins.NO_COMMA], "kwargs": [{}]}  # fmt: skip
+    answers = ["Dogs love a long walk", "I am sorry but I cannot help with that", "A hotdog stand",
+               "My dog, Rex", "dog"]  # fmt: skip
+    assert topical.reward(answers, [example] * 5) == [1.0, 0.5, 0.5, 0.5, 1.0]
+    assert (
+        plain.reward(answers[:2], [{k: v for k, v in example.items() if k != "topic_word"}] * 2) == [1.0] * 2
+    )
+    assert follows("", example) == [False, False] and checks(example) == [ins.NO_COMMA, ON_TOPIC]
+    assert constraint_report(answers, [example] * 5) == {ON_TOPIC: (3, 5), ins.NO_COMMA: (4, 5)}
+    # Every prompt stays satisfiable: the witness names the word, under every instruction but the
+    # one that forbids it.
+    others = tuple(name for name in ALL if name != ins.FORBIDDEN)
+    for per_prompt in (1, 2):
+        config = InstructConfig(
+            constraints=others, constraints_per_prompt=per_prompt, train_size=1000, on_topic=True
+        )
+        rows = Instruct(config).examples("train")
+        assert Instruct(config).reward([witness(r) for r in rows], rows) == [1.0] * len(rows)
+    with pytest.raises(
+        ConfigError, match=r"problem\.on_topic asks for the topic's word, which keywords:forb"
+    ):
+        InstructConfig(on_topic=True, constraints=(ins.FORBIDDEN, ins.NO_COMMA))
+
+
 def test_single_instruction_with_few_prompts_runs_out() -> None:
     """One parameterless instruction has one prompt per (request, topic): asking for more is an error."""
     distinct = len(REQUESTS) * len(TOPICS)
@@ -443,7 +481,7 @@ def test_bad_constraint_is_one_line_exit_2() -> None:
 
 FUZZ = settings(
     max_examples=int(os.environ.get("GFO_FUZZ_EXAMPLES", "200")),
-    deadline=None,  # time is asserted explicitly, per call
+    deadline=None,  # time is asserted per call in CPU seconds (process_time): a busy machine does not fail it
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     database=None,
 )
@@ -467,10 +505,10 @@ FUZZ_EXAMPLES = [*EXAMPLES.examples("train"), *SINGLES.examples("train")]
 @given(text=completions, index=st.integers(0, len(FUZZ_EXAMPLES) - 1))
 def test_reward_is_total_bounded_and_fast(text: str, index: int) -> None:
     example = FUZZ_EXAMPLES[index]
-    start = time.perf_counter()
+    start = time.process_time()
     (reward,) = EXAMPLES.reward([text], [example])
     report = constraint_report([text], [example])
-    elapsed = time.perf_counter() - start
+    elapsed = time.process_time() - start
     assert isinstance(reward, float) and 0.0 <= reward <= 1.0
     assert sum(s for s, _ in report.values()) == round(reward * len(example["instruction_id_list"]))
     assert elapsed < 1.0, f"{elapsed:.2f} s on a {len(text)}-character completion"
@@ -481,16 +519,16 @@ def test_reward_is_total_bounded_and_fast(text: str, index: int) -> None:
 def test_every_checker_is_total(text: str) -> None:
     text = text[:MAX_COMPLETION_CHARS]
     for name, kwargs, _, _ in CHECKS:
-        start = time.perf_counter()
+        start = time.process_time()
         assert isinstance(ins.check(name, text, kwargs), bool)
-        assert time.perf_counter() - start < 0.5, name
+        assert time.process_time() - start < 0.5, name
 
 
 @pytest.mark.parametrize("unit", UNITS)
 def test_every_unit_repeated_to_the_cap(unit: str) -> None:
     """Deterministic worst cases: each unit repeated up to the cap, read in full by every checker."""
     text = (unit * (MAX_COMPLETION_CHARS // len(unit) + 1))[:MAX_COMPLETION_CHARS]
-    start = time.perf_counter()
+    start = time.process_time()
     rewards = EXAMPLES.reward([text] * len(FUZZ_EXAMPLES[:40]), FUZZ_EXAMPLES[:40])
-    assert time.perf_counter() - start < 2.0
+    assert time.process_time() - start < 2.0
     assert all(0.0 <= r <= 1.0 for r in rewards)

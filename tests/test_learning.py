@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from gfo.stats import paired_summary
+from problems.instruct import mentions
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,6 +80,12 @@ def test_learning_harness_end_to_end(tiny_model_dir: Path, tmp_path: Path, sft: 
         reused = [step for step in result2["steps"] if "reused" in step]
         assert [Path(step["reused"]).parent for step in reused] == [tmp_path / "eval-cache"] * 2
         assert (result2["base_acc"], result2["start_acc"]) == (saved["base_acc"], saved["start_acc"])
+        # The reused SFT's training time still counts: it is part of what the final adapter cost.
+        made = json.loads((runs / "sft" / "sft.json").read_text())["wall_s"]
+        assert result2["sft_wall_s"] == round(made, 1) and result2["sft_reused"] == str(
+            runs / "sft" / "sft.json"
+        )
+        assert result2["wall_s"] == pytest.approx(made + result2["search_wall_s"], abs=0.1)  # each rounded
         assert module.records(again.with_suffix("") / "eval-start") == module.records(runs / "eval-start")
 
 
@@ -95,6 +102,7 @@ def test_task_sets_reach_every_step(tiny_model_dir: Path, tmp_path: Path) -> Non
         ("test_size", 6),
         ("max_new_tokens", 4),
         ("dtype", "fp32"),
+        ("on_topic", "true"),
     ):
         argv += ["--task-set", f"{key}={value}"]
     for key, value in (("batch_size", 2), ("eval_limit", 2)):
@@ -105,10 +113,23 @@ def test_task_sets_reach_every_step(tiny_model_dir: Path, tmp_path: Path) -> Non
         examples = [r["example"] for r in module.records(runs / step)]
         assert [e["instruction_id_list"] for e in examples] == [["punctuation:no_comma"]] * 4
         assert [r["index"] for r in module.records(runs / step)] == [2, 3, 4, 5]  # past eval_limit 2
+        assert all(e["topic_word"] for e in examples)  # the topic check reached the evals too
     searched = tomllib.loads((runs / "es" / "config.toml").read_text())["problem"]
     assert (searched["constraints"], searched["test_size"]) == (["punctuation:no_comma"], 6)
     assert saved["settings"]["problem"]["constraints_per_prompt"] == "1"
     assert (saved["n_items"], saved["dropped_seen_items"], saved["settings"]["fresh"]) == (4, 0, "offset")
+    # Per-check counts of every scored model, and the answers that name their topic's word.
+    assert set(saved["breakdown"]) == {"base", "start", "final"}
+    rows = module.records(runs / "eval-final")
+    named = sum(
+        isinstance(r["completion"], str) and mentions(r["completion"], r["example"]["topic_word"])
+        for r in rows
+    )
+    final = saved["breakdown"]["final"]
+    assert final["topic_named"] == [named, 4] and tuple(final["checks"]["topic:mentioned"]) == (named, 4)
+    assert tuple(final["checks"]["punctuation:no_comma"])[1] == 4
+    strict = sum(float(r["reward"]) >= 1.0 for r in rows)
+    assert strict <= min(named, final["checks"]["punctuation:no_comma"][0])
     # The instruct recipes start from the base model: no SFT step, no start eval.
     assert saved["settings"]["start"] == "pissa" and saved["sft_wall_s"] == 0 and not (runs / "sft").exists()
 
@@ -154,3 +175,37 @@ def test_every_recipe_is_a_valid_problem_config(name: str) -> None:
     if recipe.fresh == "offset" and recipe.generated:
         # fresh items past the selection items must exist in the test split
         assert config.test_size >= config.eval_limit + recipe.items
+
+
+def test_eval_cache_key_follows_the_scoring_code_not_the_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A docs or benchmark change keeps the cached evals; a change of the code that scores, of the
+    command or of the adapter's bytes does not."""
+    module = harness()
+    root, adapter = tmp_path / "repo", tmp_path / "adapter"
+    for path, text in (("gfo/a.py", "x = 1"), ("problems/b.py", "y = 2"), ("pyproject.toml", "[project]"),
+                       ("docs/d.md", "doc"), ("benchmarks/learning.py", "h")):  # fmt: skip
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(text)
+    adapter.mkdir()
+    (adapter / "adapter_model.safetensors").write_bytes(b"w1")
+    monkeypatch.setattr(module, "ROOT", root)
+    command = ["python", "-m", "gfo.cli", "eval", "--problem", "arithmetic"]
+    key = module.eval_key(command, str(adapter))
+    (root / "docs/d.md").write_text("doc, edited")
+    (root / "benchmarks/learning.py").write_text("h2")
+    (root / "gfo/__pycache__").mkdir()
+    (root / "gfo/__pycache__/a.pyc").write_bytes(b"\0")
+    assert module.eval_key(command, str(adapter)) == key
+    assert module.eval_key(["other-python", *command[1:]], str(adapter)) == key  # the interpreter's path
+    changed = []
+    for edit in (
+        lambda: (root / "problems/b.py").write_text("y = 3"),
+        lambda: (root / "pyproject.toml").write_text("[project]\nversion = 2"),
+        lambda: (adapter / "adapter_model.safetensors").write_bytes(b"w2"),
+    ):
+        edit()
+        changed.append(module.eval_key(command, str(adapter)))
+    assert len({key, *changed}) == 4
+    assert module.eval_key([*command, "--limit", "5"], str(adapter)) not in {key, *changed}
