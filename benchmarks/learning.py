@@ -34,6 +34,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 ADAPTER_SHAPE = ("target_modules", "rank")  # --set keys that go to the SFT (and GRPO) step too
+LOOP = (
+    0.5  # an answer with more than this share of repeated word 4-grams loops (problems.instruct.repetition)
+)
 FRESH_SEED = 7  # data_seed of the fresh test stream of generated tasks (training uses the default 0)
 
 
@@ -431,25 +434,32 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{result_json['wall_s'] / 60:.1f} min (SFT {sft_s / 60:.1f} + search {search_s / 60:.1f})"
     )
     if "breakdown" in result_json:
-        named = {k: "{}/{}".format(*v["topic_named"]) for k, v in result_json["breakdown"].items()}
-        print(f"answers naming their topic's word: base {named['base']}, final {named['final']}")
+        counts = {
+            what: {k: "{}/{}".format(*v[what]) for k, v in result_json["breakdown"].items()}
+            for what in ("topic_named", "repetitive")
+        }
+        print(
+            f"answers naming their topic's word: base {counts['topic_named']['base']}, final "
+            f"{counts['topic_named']['final']}; looping: base {counts['repetitive']['base']}, final "
+            f"{counts['repetitive']['final']}"
+        )
     return result_json
 
 
 def instruct_breakdown(eval_dir: Path, keep: list[bool] | None = None) -> dict[str, Any]:
-    """An instruct eval's per-check counts (followed, asked) and how many answers name their topic's
-    word, asked for or not: the drift that strict compliance cannot see (docs/tasks.md)."""
-    from problems.instruct import TOPICS, constraint_report, mentions
+    """An instruct eval's per-check counts (followed, asked), how many answers name their topic's word
+    and how many loop (over half their word 4-grams repeated), asked for or not: the drift strict
+    compliance cannot see (docs/tasks.md)."""
+    from problems.instruct import TOPICS, constraint_report, mentions, repetition
 
     rows = records(eval_dir)
     rows = rows if keep is None else [r for r, k in zip(rows, keep, strict=True) if k]
     words = dict(TOPICS)
     texts = [r["completion"] if isinstance(r["completion"], str) else "" for r in rows]
     named = sum(mentions(t, words[r["example"]["topic"]]) for t, r in zip(texts, rows, strict=True))
-    return {
-        "checks": constraint_report(texts, [r["example"] for r in rows]),
-        "topic_named": [named, len(rows)],
-    }
+    looped = sum(repetition(t) > LOOP for t in texts)
+    report = constraint_report(texts, [r["example"] for r in rows])
+    return {"checks": report, "topic_named": [named, len(rows)], "repetitive": [looped, len(rows)]}
 
 
 def heldout_curve(metrics: Path, summary: dict[str, Any]) -> list[dict[str, float]]:

@@ -120,6 +120,13 @@ class InstructConfig(GeneratedConfig):
             "that follows the instructions but drops the subject (an apology, an offer to help) fails it"
         },
     )
+    max_repetition: float = field(
+        default=1.0,
+        metadata={
+            "help": "also check, unstated, that at most this share of the answer's word 4-grams repeat an "
+            "earlier one (`repetition`); 0.5 fails looping text, which follows 'no commas' easily; 1: off"
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -143,6 +150,11 @@ class InstructConfig(GeneratedConfig):
             raise ConfigError(
                 f"problem.on_topic asks for the topic's word, which {ins.FORBIDDEN} forbids; drop "
                 "that instruction from problem.constraints or leave problem.on_topic out"
+            )
+        if not 0.0 <= self.max_repetition <= 1.0:
+            raise ConfigError(
+                f"problem.max_repetition must be in [0, 1] (a share of word 4-grams); got "
+                f"{self.max_repetition}, use 0.5 to fail looping answers or 1 for no check"
             )
         if len(set(self.constraints)) != len(self.constraints):
             raise ConfigError(f"problem.constraints lists an instruction twice: {','.join(self.constraints)}")
@@ -197,7 +209,7 @@ class Instruct(GeneratedTask):
             request = rng.choice(REQUESTS).format(topic=topic)
             ids = list(rng.choice(choices))
             rng.shuffle(ids)
-            row = {
+            row: dict[str, Any] = {
                 "topic": topic,
                 "request": request,
                 "instruction_id_list": ids,
@@ -205,6 +217,8 @@ class Instruct(GeneratedTask):
             }
             if cfg.on_topic:
                 row["topic_word"] = word  # the same prompts as without: only the check is added
+            if cfg.max_repetition < 1.0:
+                row["max_repetition"] = cfg.max_repetition
             text = prompt_text(row)
             if text not in seen:
                 seen.add(text)
@@ -224,12 +238,27 @@ def prompt_text(example: Example) -> str:
     return " ".join([example["request"], *(ins.describe(n, kw) for n, kw in pairs)])
 
 
-ON_TOPIC = "topic:mentioned"  # not an IFEval id: the check `problem.on_topic` adds
+# Not IFEval ids: the checks `problem.on_topic` and `problem.max_repetition` add.
+ON_TOPIC = "topic:mentioned"
+NO_REPETITION = "text:no_repetition"
+_WORD = re.compile(r"\w+")
 
 
 def checks(example: Example) -> list[str]:
-    """What `example` is scored on: its instruction ids, then `ON_TOPIC` when it carries a topic word."""
-    return [*example["instruction_id_list"], *([ON_TOPIC] if example.get("topic_word") else [])]
+    """What `example` is scored on: its instruction ids, then the guards it carries (`ON_TOPIC` for a
+    topic word, `NO_REPETITION` for a repetition bound)."""
+    guards = [ON_TOPIC] if example.get("topic_word") else []
+    guards += [NO_REPETITION] if "max_repetition" in example else []
+    return [*example["instruction_id_list"], *guards]
+
+
+def repetition(text: str, n: int = 4) -> float:
+    """The share of `text`'s word n-grams (lowercased) that repeat an earlier one: 0 for text without
+    repeats (or shorter than n words), near 1 for a loop. 62 of the bundled model's 500 no-comma
+    answers are above 0.5 (docs/tasks.md)."""
+    words = _WORD.findall(text.lower())
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
 
 
 def mentions(text: str, word: str) -> bool:
@@ -247,8 +276,11 @@ def follows(text: str, example: Example) -> list[bool]:
     if not isinstance(text, str) or len(text) > MAX_COMPLETION_CHARS or ins.count_words(text) == 0:
         return [False] * len(checks(example))
     passed = [ins.check(name, text, kw) for name, kw in zip(ids, kwargs, strict=True)]
-    word = example.get("topic_word")
-    return [*passed, mentions(text, word)] if word else passed
+    if example.get("topic_word"):
+        passed.append(mentions(text, example["topic_word"]))
+    if "max_repetition" in example:
+        passed.append(repetition(text) <= float(example["max_repetition"]))
+    return passed
 
 
 def constraint_report(completions: Sequence[str], examples: Sequence[Example]) -> dict[str, tuple[int, int]]:
@@ -267,6 +299,19 @@ def constraint_report(completions: Sequence[str], examples: Sequence[Example]) -
     return dict(sorted(counts.items()))
 
 
+# The witness's padding for "at least N words": 70 words, no comma, none of the topic words.
+FILLER = (
+    "Many people enjoy thinking about it on a quiet day.",
+    "Some remember it fondly from years gone by.",
+    "Others find new reasons to try it each week.",
+    "It can bring calm after a long and busy stretch.",
+    "Neighbors often share small stories about it.",
+    "A few keep notes so the best parts stay close.",
+    "It rarely fails to make somebody smile.",
+    "There is always something more to learn about it.",
+)
+
+
 def witness(example: Example) -> str:
     """A short answer that follows every instruction of `example`, built from neutral filler words.
 
@@ -283,8 +328,9 @@ def witness(example: Example) -> str:
     lines = [opening + "."]
     words = given.get(ins.NUMBER_WORDS)
     if words is not None and words["relation"] == "at least":
+        filler = iter(FILLER)  # distinct sentences: a looped one would fail `problem.max_repetition`
         while ins.count_words(" ".join(lines)) < words["num_words"]:
-            lines.append("Many people enjoy thinking about it on a quiet day.")
+            lines.append(next(filler))
     if ins.TITLE in given:
         lines.insert(0, "<<A Short Note>>")
     if ins.BULLETS in given:

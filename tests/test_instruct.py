@@ -22,6 +22,7 @@ from problems import _instructions as ins
 from problems._answers import MAX_COMPLETION_CHARS
 from problems.instruct import (
     DEFAULT_CONSTRAINTS,
+    NO_REPETITION,
     ON_TOPIC,
     REQUESTS,
     TOPICS,
@@ -32,6 +33,7 @@ from problems.instruct import (
     follows,
     main,
     prompt_text,
+    repetition,
     witness,
 )
 
@@ -351,6 +353,37 @@ def test_on_topic_adds_a_check_not_a_prompt() -> None:
         ConfigError, match=r"problem\.on_topic asks for the topic's word, which keywords:forb"
     ):
         InstructConfig(on_topic=True, constraints=(ins.FORBIDDEN, ins.NO_COMMA))
+
+
+def test_repetition_guard_fails_loops() -> None:
+    """`problem.max_repetition`: one more check, on the share of repeated word 4-grams."""
+    loop = "The beach is a place where you can go. " * 6
+    assert repetition(loop) == pytest.approx(1 - 9 / 51)  # 54 words, 51 4-grams, 9 distinct
+    assert repetition("a b c d a b c d") == pytest.approx(0.2)  # 5 4-grams, 4 distinct
+    assert (repetition("one two three"), repetition("")) == (0.0, 0.0)
+    assert repetition("A b C d a B c D") == pytest.approx(0.2)  # words, in any case
+    plain = Instruct(InstructConfig(train_size=300, test_size=100))
+    guarded = Instruct(InstructConfig(train_size=300, test_size=100, max_repetition=0.5))
+    rows = guarded.examples("test")
+    assert all(r.pop("max_repetition") == 0.5 for r in rows) and rows == list(plain.examples("test"))
+    example = {"topic": "a trip to the beach", "request": "Tell me about a trip to the beach.",
+               "instruction_id_list": [ins.NO_COMMA], "kwargs": [{}], "max_repetition": 0.5}  # fmt: skip
+    answers = [loop, "The beach is warm and the sea is calm.", "Sand, sun and sea."]
+    assert guarded.reward(answers, [example] * 3) == [0.5, 1.0, 0.5]
+    assert checks(example) == [ins.NO_COMMA, NO_REPETITION]
+    assert constraint_report(answers, [example] * 3) == {NO_REPETITION: (2, 3), ins.NO_COMMA: (2, 3)}
+    both = {**example, "topic_word": "beach"}
+    assert checks(both) == [ins.NO_COMMA, ON_TOPIC, NO_REPETITION]
+    assert guarded.reward(["The sea is calm today."], [both]) == [pytest.approx(2 / 3)]
+    # The witness stays a valid answer: its padding does not loop.
+    for constraints, on_topic in ((ALL, False), (tuple(n for n in ALL if n != ins.FORBIDDEN), True)):
+        config = InstructConfig(
+            constraints=constraints, train_size=1000, max_repetition=0.5, on_topic=on_topic
+        )
+        rows = Instruct(config).examples("train")
+        assert Instruct(config).reward([witness(r) for r in rows], rows) == [1.0] * len(rows)
+    with pytest.raises(ConfigError, match=r"problem\.max_repetition must be in \[0, 1\]"):
+        InstructConfig(max_repetition=1.5)
 
 
 def test_single_instruction_with_few_prompts_runs_out() -> None:

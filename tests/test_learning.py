@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from gfo.stats import paired_summary
-from problems.instruct import mentions
+from problems.instruct import mentions, repetition
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -128,6 +128,8 @@ def test_task_sets_reach_every_step(tiny_model_dir: Path, tmp_path: Path) -> Non
     final = saved["breakdown"]["final"]
     assert final["topic_named"] == [named, 4] and tuple(final["checks"]["topic:mentioned"]) == (named, 4)
     assert tuple(final["checks"]["punctuation:no_comma"])[1] == 4
+    looped = sum(isinstance(r["completion"], str) and repetition(r["completion"]) > 0.5 for r in rows)
+    assert final["repetitive"] == [looped, 4]
     strict = sum(float(r["reward"]) >= 1.0 for r in rows)
     assert strict <= min(named, final["checks"]["punctuation:no_comma"][0])
     # The instruct recipes start from the base model: no SFT step, no start eval.
