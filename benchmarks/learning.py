@@ -34,9 +34,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 ADAPTER_SHAPE = ("target_modules", "rank")  # --set keys that go to the SFT (and GRPO) step too
-LOOP = (
-    0.5  # an answer with more than this share of repeated word 4-grams loops (problems.instruct.repetition)
-)
+LOOP = 0.5  # an answer with more than this share of repeated word 4-grams loops (instruct.repetition)
 FRESH_SEED = 7  # data_seed of the fresh test stream of generated tasks (training uses the default 0)
 
 

@@ -5,6 +5,8 @@ TOPIC.", or one of `REQUESTS`' other wordings) followed by one or two IFEval ins
 (`problems._instructions`), never two that contradict each other. The reward is the fraction of a
 prompt's instructions the completion follows, so a reward of 1 is IFEval's strict prompt-level
 compliance, and `gfo eval` (which counts reward >= 1 as correct) reports it as `correct / items`.
+Two optional guards, unstated in the prompt, count as more checks: `on_topic` (the answer names its
+topic's word) and `max_repetition` (the answer does not loop); docs/tasks.md.
 `constraint_report` gives the per-instruction breakdown; `python -m problems.instruct
 OUT/completions.jsonl` prints it for a `gfo eval` folder.
 """
@@ -284,7 +286,7 @@ def follows(text: str, example: Example) -> list[bool]:
 
 
 def constraint_report(completions: Sequence[str], examples: Sequence[Example]) -> dict[str, tuple[int, int]]:
-    """Per instruction id (and `ON_TOPIC`), (completions that follow it, prompts that ask for it), sorted.
+    """Per check (`checks`: ids and guards), (completions that pass it, prompts that ask for it), sorted.
 
     IFEval's instruction-level accuracy is the pooled ratio; its strict prompt-level accuracy is the
     share of rewards equal to 1 (`correct / items` in `gfo eval`).
