@@ -318,9 +318,9 @@ def witness(example: Example) -> str:
     """A short answer that follows every instruction of `example`, built from neutral filler words.
 
     It proves each generated prompt satisfiable (tested on thousands of prompts) and is the task's
-    SFT reference. Filler words are none of the topic words, so a forbidden word never appears (the
-    topic's word is named only when the example asks for it: `problem.on_topic`, which excludes it).
-    """
+    SFT reference. Filler words are none of the topic words, so a forbidden word never appears; the
+    topic's word is named only for a `topic_word` example (`problem.on_topic`, never beside a
+    forbidden word)."""
     given = dict(zip(example["instruction_id_list"], example["kwargs"], strict=True))
     opening = "This is a pleasant subject"  # 5 words: leaves room under the smallest word bound
     if example.get("topic_word"):
