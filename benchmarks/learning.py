@@ -34,7 +34,6 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 ADAPTER_SHAPE = ("target_modules", "rank")  # --set keys that go to the SFT (and GRPO) step too
-LOOP = 0.5  # an answer with more than this share of repeated word 4-grams loops (instruct.repetition)
 FRESH_SEED = 7  # data_seed of the fresh test stream of generated tasks (training uses the default 0)
 
 
@@ -315,9 +314,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # 1. The start.
     sft_s, sft_reused = 0.0, None
     if args.start:
-        start: str | None = str(Path(args.start).resolve())
+        adapter_dir = Path(args.start).resolve()
+        start: str | None = str(adapter_dir)
         # An adapter made by `gfo sft` (an earlier run's start): its training time still counts.
-        made_by = Path(args.start).resolve().parent / "sft.json"
+        made_by = adapter_dir.parent / "sft.json"
         if made_by.is_file():
             sft_s, sft_reused = float(json.loads(made_by.read_text()).get("wall_s", 0.0)), str(made_by)
             print(f"start: {start}, trained by SFT in {sft_s / 60:.1f} min ({made_by}), counted in wall_s")
@@ -419,7 +419,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "steps": log,
     }
     if recipe.task == "instruct":
-        result_json["breakdown"] = {name: instruct_breakdown(scored[name], keep) for name in scored}
+        # Each eval folder read once (a PiSSA start's eval is the base model's).
+        read = {folder: instruct_breakdown(folder, keep) for folder in set(scored.values())}
+        result_json["breakdown"] = {name: read[folder] for name, folder in scored.items()}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result_json, indent=2))
     if curve:
@@ -448,7 +450,7 @@ def instruct_breakdown(eval_dir: Path, keep: list[bool] | None = None) -> dict[s
     """An instruct eval's per-check counts (followed, asked), how many answers name their topic's word
     and how many loop (over half their word 4-grams repeated), asked for or not: the drift strict
     compliance cannot see (docs/tasks.md)."""
-    from problems.instruct import TOPICS, constraint_report, mentions, repetition
+    from problems.instruct import LOOP, TOPICS, constraint_report, mentions, repetition
 
     rows = records(eval_dir)
     rows = rows if keep is None else [r for r, k in zip(rows, keep, strict=True) if k]

@@ -62,8 +62,13 @@ _PPS = re.compile(r"p\.\s?p\.\s?s")
 # --- checkers: (text, **kwargs) -> bool -----------------------------------------------------
 
 
-def count_words(text: str) -> int:
+def words(text: str) -> list[str]:
     """Words as IFEval counts them (nltk's `RegexpTokenizer(r"\\w+")`): "don't" is two words."""
+    return _WORD.findall(text)
+
+
+def count_words(text: str) -> int:
+    """How many `words`."""
     return sum(1 for _ in _WORD.finditer(text))
 
 

@@ -243,22 +243,14 @@ def prompt_text(example: Example) -> str:
 # Not IFEval ids: the checks `problem.on_topic` and `problem.max_repetition` add.
 ON_TOPIC = "topic:mentioned"
 NO_REPETITION = "text:no_repetition"
-_WORD = re.compile(r"\w+")
-
-
-def checks(example: Example) -> list[str]:
-    """What `example` is scored on: its instruction ids, then the guards it carries (`ON_TOPIC` for a
-    topic word, `NO_REPETITION` for a repetition bound)."""
-    guards = [ON_TOPIC] if example.get("topic_word") else []
-    guards += [NO_REPETITION] if "max_repetition" in example else []
-    return [*example["instruction_id_list"], *guards]
+LOOP = 0.5  # repetition above this is a loop (the harness counts them; max_repetition=0.5 fails them)
 
 
 def repetition(text: str, n: int = 4) -> float:
     """The share of `text`'s word n-grams (lowercased) that repeat an earlier one: 0 for text without
     repeats (or shorter than n words), near 1 for a loop. 62 of the bundled model's 500 no-comma
-    answers are above 0.5 (docs/tasks.md)."""
-    words = _WORD.findall(text.lower())
+    answers are above `LOOP` (docs/tasks.md)."""
+    words = ins.words(text.lower())
     grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
     return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
 
@@ -266,6 +258,19 @@ def repetition(text: str, n: int = 4) -> float:
 def mentions(text: str, word: str) -> bool:
     """Whether `text` has `word` at the start of a word, in any case ("Dogs" names "dog", "hotdog" not)."""
     return re.search(r"\b" + re.escape(word), text, re.IGNORECASE) is not None
+
+
+# Each guard: its check id, the example key that asks for it, and the check of (text, that key's value).
+GUARDS: tuple[tuple[str, str, Any], ...] = (
+    (ON_TOPIC, "topic_word", mentions),
+    (NO_REPETITION, "max_repetition", lambda text, bound: repetition(text) <= float(bound)),
+)
+
+
+def checks(example: Example) -> list[str]:
+    """What `example` is scored on: its instruction ids, then the `GUARDS` it carries."""
+    guards = [name for name, key, _ in GUARDS if example.get(key) is not None]
+    return [*example["instruction_id_list"], *guards]
 
 
 def follows(text: str, example: Example) -> list[bool]:
@@ -278,11 +283,7 @@ def follows(text: str, example: Example) -> list[bool]:
     if not isinstance(text, str) or len(text) > MAX_COMPLETION_CHARS or ins.count_words(text) == 0:
         return [False] * len(checks(example))
     passed = [ins.check(name, text, kw) for name, kw in zip(ids, kwargs, strict=True)]
-    if example.get("topic_word"):
-        passed.append(mentions(text, example["topic_word"]))
-    if "max_repetition" in example:
-        passed.append(repetition(text) <= float(example["max_repetition"]))
-    return passed
+    return passed + [ok(text, example[key]) for _, key, ok in GUARDS if example.get(key) is not None]
 
 
 def constraint_report(completions: Sequence[str], examples: Sequence[Example]) -> dict[str, tuple[int, int]]:
