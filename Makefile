@@ -19,9 +19,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Main job: the ESSA recipe on the bundled SmolLM2-135M-Instruct, arithmetic (where a 2-core CPU
-# can show learning): the base model on 300 fresh items, SFT warm start, PGPE on the SVD of the
-# SFT adapter, then start and final on the same fresh items with paired p-values (docs/learning.md).
+# Main job: ES on the bundled SmolLM2-135M-Instruct, the no-comma instruction (where a 2-core CPU
+# shows learning in minutes): the base model on 300 fresh prompts, PGPE from the base model, then
+# the final adapter on the same fresh prompts with the paired p-value (the quickstart recipe of
+# benchmarks/learning.py; docs/learning.md).
 run: $(STAMP)
 	$(BIN)/python benchmarks/learning.py --recipe quickstart --json runs/quickstart/learning.json $(ARGS)
 

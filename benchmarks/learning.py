@@ -25,6 +25,7 @@ import hashlib
 import json
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -85,13 +86,23 @@ NO_COMMA = Recipe(
     fresh="offset",
 )
 
+# No commas, scored also on naming the topic and on not looping (docs/tasks.md: the cheap ways to drop
+# commas), searched in the lora space: every entry of the LoRA factors, where 3,072 completions
+# raised guarded compliance 0.112 -> 0.552 (run 14) and the SVD space only to 0.148 (run 13).
+GUARDED = dataclasses.replace(
+    NO_COMMA,
+    problem={**NO_COMMA.problem, "on_topic": True, "max_repetition": 0.5},
+    search={**NO_COMMA.search, "space": "lora", "stdev": 0.02, "algo.max_speed": 2.5},
+)
+
 RECIPES = {
     "arithmetic": ARITHMETIC,
     "no-comma": NO_COMMA,
-    # `make run`: the no-comma recipe cut to about 15 minutes on a 2-core CPU: 8 generations, scored
-    # on 300 fresh prompts, the held-out centre shown at generations 0, 4 and 8.
+    "guarded": GUARDED,
+    # `make run`: the guarded recipe cut to 8 generations, scored on 300 fresh prompts, the held-out
+    # centre shown at generations 0, 4 and 8 (23 minutes on a 2-core CPU; session 7).
     "quickstart": dataclasses.replace(
-        NO_COMMA, generations=8, items=300, search={**NO_COMMA.search, "eval_every": 4}
+        GUARDED, generations=8, items=300, search={**GUARDED.search, "eval_every": 4}
     ),
     "instruct": Recipe(
         task="instruct",
@@ -434,22 +445,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{result_json['wall_s'] / 60:.1f} min (SFT {sft_s / 60:.1f} + search {search_s / 60:.1f})"
     )
     if "breakdown" in result_json:
-        counts = {
-            what: {k: "{}/{}".format(*v[what]) for k, v in result_json["breakdown"].items()}
-            for what in ("topic_named", "repetitive")
-        }
+        base, last = result_json["breakdown"]["base"], result_json["breakdown"]["final"]
         print(
-            f"answers naming their topic's word: base {counts['topic_named']['base']}, final "
-            f"{counts['topic_named']['final']}; looping: base {counts['repetitive']['base']}, final "
-            f"{counts['repetitive']['final']}"
+            "answers naming their topic's word: base {}/{}, final {}/{}".format(
+                *base["topic_named"], *last["topic_named"]
+            )
+            + "; looping: base {}/{}, final {}/{}".format(*base["repetitive"], *last["repetitive"])
+            + f"; median words: base {base['median_words']}, final {last['median_words']}"
         )
     return result_json
 
 
 def instruct_breakdown(eval_dir: Path, keep: list[bool] | None = None) -> dict[str, Any]:
-    """An instruct eval's per-check counts (followed, asked), how many answers name their topic's word
-    and how many loop (over half their word 4-grams repeated), asked for or not: the drift strict
-    compliance cannot see (docs/tasks.md)."""
+    """An instruct eval's per-check counts (followed, asked), how many answers name their topic's word,
+    how many loop (over half their word 4-grams repeated), asked for or not, and the answers' median
+    length in words: the drift strict compliance cannot see (docs/tasks.md)."""
+    from problems._instructions import count_words
     from problems.instruct import LOOP, TOPICS, constraint_report, mentions, repetition
 
     rows = records(eval_dir)
@@ -459,7 +470,12 @@ def instruct_breakdown(eval_dir: Path, keep: list[bool] | None = None) -> dict[s
     named = sum(mentions(t, words[r["example"]["topic"]]) for t, r in zip(texts, rows, strict=True))
     looped = sum(repetition(t) > LOOP for t in texts)
     report = constraint_report(texts, [r["example"] for r in rows])
-    return {"checks": report, "topic_named": [named, len(rows)], "repetitive": [looped, len(rows)]}
+    return {
+        "checks": report,
+        "topic_named": [named, len(rows)],
+        "repetitive": [looped, len(rows)],
+        "median_words": statistics.median(map(count_words, texts)) if texts else 0,
+    }
 
 
 def heldout_curve(metrics: Path, summary: dict[str, Any]) -> list[dict[str, float]]:

@@ -5,8 +5,9 @@ TOPIC.", or one of `REQUESTS`' other wordings) followed by one or two IFEval ins
 (`problems._instructions`), never two that contradict each other. The reward is the fraction of a
 prompt's instructions the completion follows, so a reward of 1 is IFEval's strict prompt-level
 compliance, and `gfo eval` (which counts reward >= 1 as correct) reports it as `correct / items`.
-Two optional guards, unstated in the prompt, count as more checks: `on_topic` (the answer names its
-topic's word) and `max_repetition` (the answer does not loop); docs/tasks.md.
+Three optional guards, unstated in the prompt, count as more checks: `on_topic` (the answer names its
+topic's word), `max_repetition` (the answer does not loop) and `min_words` (the answer is a few
+sentences, as its request asks, not one line); docs/tasks.md.
 `constraint_report` gives the per-instruction breakdown; `python -m problems.instruct
 OUT/completions.jsonl` prints it for a `gfo eval` folder.
 """
@@ -56,6 +57,7 @@ REQUESTS = (
 # 89%, keyword 19%, bullets 72%, no comma 26%, postscript 50%. Quotation (0%) left the default in
 # session 5; it and the other near-0% or near-100% ids stay available.
 DEFAULT_CONSTRAINTS = (ins.NUMBER_WORDS, ins.EXISTENCE, ins.BULLETS, ins.NO_COMMA, ins.POSTSCRIPT)
+MIN_WORDS_MAX = max(ins.AT_LEAST_WORDS)  # `problem.min_words` at most: what the witness's filler reaches
 
 # (topic, its word): the word is what `keywords:forbidden_words` forbids, the one hardest to avoid.
 TOPICS = (
@@ -129,6 +131,14 @@ class InstructConfig(GeneratedConfig):
             "earlier one (`repetition`); 0.5 fails looping text, which follows 'no commas' easily; 1: off"
         },
     )
+    min_words: int = field(
+        default=0,
+        metadata={
+            "help": "also check, unstated, that the answer has at least this many words, on prompts without "
+            "a word-count instruction of their own: the requests ask for a paragraph or a few sentences, "
+            "which a one-line answer does not give; 0: off"
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -157,6 +167,11 @@ class InstructConfig(GeneratedConfig):
             raise ConfigError(
                 f"problem.max_repetition must be in [0, 1] (a share of word 4-grams); got "
                 f"{self.max_repetition}, use 0.5 to fail looping answers or 1 for no check"
+            )
+        if not 0 <= self.min_words <= MIN_WORDS_MAX:
+            raise ConfigError(
+                f"problem.min_words must be in [0, {MIN_WORDS_MAX}] (the largest word count the task's own "
+                f"instruction asks for); got {self.min_words}, use 25 for a few sentences or 0 for no check"
             )
         if len(set(self.constraints)) != len(self.constraints):
             raise ConfigError(f"problem.constraints lists an instruction twice: {','.join(self.constraints)}")
@@ -221,6 +236,8 @@ class Instruct(GeneratedTask):
                 row["topic_word"] = word  # the same prompts as without: only the check is added
             if cfg.max_repetition < 1.0:
                 row["max_repetition"] = cfg.max_repetition
+            if cfg.min_words and ins.NUMBER_WORDS not in ids:  # a prompt's own word count governs its length
+                row["min_words"] = cfg.min_words
             text = prompt_text(row)
             if text not in seen:
                 seen.add(text)
@@ -240,9 +257,10 @@ def prompt_text(example: Example) -> str:
     return " ".join([example["request"], *(ins.describe(n, kw) for n, kw in pairs)])
 
 
-# Not IFEval ids: the checks `problem.on_topic` and `problem.max_repetition` add.
+# Not IFEval ids: the checks `problem.on_topic`, `problem.max_repetition` and `problem.min_words` add.
 ON_TOPIC = "topic:mentioned"
 NO_REPETITION = "text:no_repetition"
+MIN_WORDS = "length:min_words"
 LOOP = 0.5  # repetition above this is a loop (the harness counts them; max_repetition=0.5 fails them)
 
 
@@ -264,6 +282,7 @@ def mentions(text: str, word: str) -> bool:
 GUARDS: tuple[tuple[str, str, Any], ...] = (
     (ON_TOPIC, "topic_word", mentions),
     (NO_REPETITION, "max_repetition", lambda text, bound: repetition(text) <= float(bound)),
+    (MIN_WORDS, "min_words", lambda text, bound: ins.count_words(text) >= int(bound)),
 )
 
 
@@ -302,7 +321,8 @@ def constraint_report(completions: Sequence[str], examples: Sequence[Example]) -
     return dict(sorted(counts.items()))
 
 
-# The witness's padding for "at least N words": 70 words, no comma, none of the topic words.
+# The witness's padding for "at least N words" and `problem.min_words`: 70 words, no comma, none of
+# the topic words.
 FILLER = (
     "Many people enjoy thinking about it on a quiet day.",
     "Some remember it fondly from years gone by.",
@@ -330,10 +350,10 @@ def witness(example: Example) -> str:
         opening += " that brings to mind " + " and ".join(given[ins.EXISTENCE]["keywords"])
     lines = [opening + "."]
     words = given.get(ins.NUMBER_WORDS)
-    if words is not None and words["relation"] == "at least":
-        filler = iter(FILLER)  # distinct sentences: a looped one would fail `problem.max_repetition`
-        while ins.count_words(" ".join(lines)) < words["num_words"]:
-            lines.append(next(filler))
+    at_least = words["num_words"] if words is not None and words["relation"] == "at least" else 0
+    filler = iter(FILLER)  # distinct sentences: a looped one would fail `problem.max_repetition`
+    while ins.count_words(" ".join(lines)) < max(at_least, example.get("min_words", 0)):
+        lines.append(next(filler))
     if ins.TITLE in given:
         lines.insert(0, "<<A Short Note>>")
     if ins.BULLETS in given:

@@ -22,6 +22,7 @@ from problems import _instructions as ins
 from problems._answers import MAX_COMPLETION_CHARS
 from problems.instruct import (
     DEFAULT_CONSTRAINTS,
+    MIN_WORDS,
     NO_REPETITION,
     ON_TOPIC,
     REQUESTS,
@@ -384,6 +385,37 @@ def test_repetition_guard_fails_loops() -> None:
         assert Instruct(config).reward([witness(r) for r in rows], rows) == [1.0] * len(rows)
     with pytest.raises(ConfigError, match=r"problem\.max_repetition must be in \[0, 1\]"):
         InstructConfig(max_repetition=1.5)
+
+
+def test_min_words_guard_fails_one_liners() -> None:
+    """`problem.min_words`: one more check, the answer's length, on prompts without a word count."""
+    plain = Instruct(InstructConfig(train_size=300, test_size=100))
+    guarded = Instruct(InstructConfig(train_size=300, test_size=100, min_words=25))
+    rows = guarded.examples("test")
+    counted = [r for r in rows if ins.NUMBER_WORDS in r["instruction_id_list"]]
+    assert counted and all("min_words" not in r for r in counted)  # the prompt's own count governs
+    assert all(r.pop("min_words") == 25 for r in rows if r not in counted)
+    assert rows == list(plain.examples("test"))
+    example = {"topic": "a trip to the beach", "request": "Write a few sentences about a trip to the beach.",
+               "instruction_id_list": [ins.NO_COMMA], "kwargs": [{}], "min_words": 5}  # fmt: skip
+    answers = ["The beach was warm today.", "The beach was warm.", "Sand, sun, sea and a long swim."]
+    assert guarded.reward(answers, [example] * 3) == [1.0, 0.5, 0.5]  # 5 words, 4 words, a comma
+    assert checks(example) == [ins.NO_COMMA, MIN_WORDS]
+    assert constraint_report(answers, [example] * 3) == {MIN_WORDS: (2, 3), ins.NO_COMMA: (2, 3)}
+    every = {**example, "topic_word": "beach", "max_repetition": 0.5}
+    assert checks(every) == [ins.NO_COMMA, ON_TOPIC, NO_REPETITION, MIN_WORDS]
+    # The witness stays a valid answer under all three guards, at the largest bound, one or two
+    # instructions per prompt.
+    others = tuple(name for name in ALL if name != ins.FORBIDDEN)
+    for per_prompt in (1, 2):
+        config = InstructConfig(constraints=others, constraints_per_prompt=per_prompt, train_size=1000,
+                                on_topic=True, max_repetition=0.5, min_words=60)  # fmt: skip
+        rows = Instruct(config).examples("train")
+        assert any("min_words" in r for r in rows)
+        assert Instruct(config).reward([witness(r) for r in rows], rows) == [1.0] * len(rows)
+    for bad in (-1, 61):
+        with pytest.raises(ConfigError, match=r"problem\.min_words must be in \[0, 60\]"):
+            InstructConfig(min_words=bad)
 
 
 def test_single_instruction_with_few_prompts_runs_out() -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from gfo.stats import paired_summary
+from problems._instructions import count_words
 from problems.instruct import mentions, repetition
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,6 +104,7 @@ def test_task_sets_reach_every_step(tiny_model_dir: Path, tmp_path: Path) -> Non
         ("max_new_tokens", 4),
         ("dtype", "fp32"),
         ("on_topic", "true"),
+        ("min_words", 3),
     ):
         argv += ["--task-set", f"{key}={value}"]
     for key, value in (("batch_size", 2), ("eval_limit", 2)):
@@ -130,6 +132,9 @@ def test_task_sets_reach_every_step(tiny_model_dir: Path, tmp_path: Path) -> Non
     assert tuple(final["checks"]["punctuation:no_comma"])[1] == 4
     looped = sum(isinstance(r["completion"], str) and repetition(r["completion"]) > 0.5 for r in rows)
     assert final["repetitive"] == [looped, 4]
+    lengths = sorted(count_words(r["completion"]) if isinstance(r["completion"], str) else 0 for r in rows)
+    assert final["median_words"] == (lengths[1] + lengths[2]) / 2
+    assert tuple(final["checks"]["length:min_words"]) == (sum(n >= 3 for n in lengths), 4)
     strict = sum(float(r["reward"]) >= 1.0 for r in rows)
     assert strict <= min(named, final["checks"]["punctuation:no_comma"][0])
     # The instruct recipes start from the base model: no SFT step, no start eval.
@@ -174,6 +179,13 @@ def test_every_recipe_is_a_valid_problem_config(name: str) -> None:
     config = build(cls.Config, values, "problem")
     assert config.max_new_tokens == recipe.problem["max_new_tokens"]
     assert recipe.sft == (recipe.task != "instruct")  # make run (quickstart) has no warm start
+    if name in ("guarded", "quickstart"):  # make run: run 14's regime, the guards in reward and measure
+        assert (config.space, config.stdev, config.on_topic, config.max_repetition) == (
+            "lora",
+            0.02,
+            True,
+            0.5,
+        )
     if recipe.fresh == "offset" and recipe.generated:
         # fresh items past the selection items must exist in the test split
         assert config.test_size >= config.eval_limit + recipe.items
