@@ -100,7 +100,7 @@ RECIPES = {
     "no-comma": NO_COMMA,
     "guarded": GUARDED,
     # `make run`: the guarded recipe cut to 8 generations, scored on 300 fresh prompts, the held-out
-    # centre shown at generations 0, 4 and 8 (23 minutes on a 2-core CPU; session 7).
+    # centre shown at the start and after generations 3 and 7 (23 minutes on a 2-core CPU; session 7).
     "quickstart": dataclasses.replace(
         GUARDED, generations=8, items=300, search={**GUARDED.search, "eval_every": 4}
     ),
@@ -198,7 +198,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def as_text(value: Any) -> Any:
-    """A setting as `--set` writes it: a list joined by commas, anything else as it is."""
+    """A setting as `--set` writes it: a list joined by commas, a bool lowercase, anything else as it is."""
+    if isinstance(value, bool):
+        return str(value).lower()
     return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
 
 

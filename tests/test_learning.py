@@ -180,12 +180,9 @@ def test_every_recipe_is_a_valid_problem_config(name: str) -> None:
     assert config.max_new_tokens == recipe.problem["max_new_tokens"]
     assert recipe.sft == (recipe.task != "instruct")  # make run (quickstart) has no warm start
     if name in ("guarded", "quickstart"):  # make run: run 14's regime, the guards in reward and measure
-        assert (config.space, config.stdev, config.on_topic, config.max_repetition) == (
-            "lora",
-            0.02,
-            True,
-            0.5,
-        )
+        shape = (config.space, config.stdev, config.on_topic, config.max_repetition)
+        assert shape == ("lora", 0.02, True, 0.5)
+        assert "problem.on_topic=true" in module.sets(recipe.problem)  # the command reads as docs write it
     if recipe.fresh == "offset" and recipe.generated:
         # fresh items past the selection items must exist in the test split
         assert config.test_size >= config.eval_limit + recipe.items
