@@ -211,6 +211,12 @@ def sets(values: dict[str, Any]) -> list[str]:
     return out
 
 
+def grpo_settings(search: dict[str, Any]) -> dict[str, Any]:
+    """The search settings (less `algo.*`) that the GRPO step takes: the problem's, not ES's own
+    spread and population batch, nor `run.*` (how `gfo run` keeps its adapter)."""
+    return {k: v for k, v in search.items() if k not in ("stdev", "batch_size") and not k.startswith("run.")}
+
+
 def run(command: list[str], log: list[dict[str, Any]]) -> float:
     """Run one step (its output to our stdout) and record it; returns its wall time."""
     print("$ " + " ".join(command), flush=True)
@@ -368,11 +374,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         completions, tokens = counters.get("completions"), counters.get("generated_tokens")
         curve = heldout_curve(search_dir / "metrics.jsonl", summary)
     else:
-        grpo_sets = {k: v for k, v in problem_sets.items() if k not in ("stdev", "batch_size")}
         command = [
             sys.executable, str(ROOT / "benchmarks" / "grpo_baseline.py"), "--problem", recipe.task,
             "--completions", str(budget), "--out", str(search_dir), "--seed", str(args.seed), "--skip-before",
-            *common, *sets(grpo_sets),
+            *common, *sets(grpo_settings(problem_sets)),
         ]  # fmt: skip
         search_s = run(command, log)
         final = search_dir / "adapter"
@@ -541,4 +546,11 @@ def cpu_model() -> str:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except subprocess.CalledProcessError as exc:  # the step printed its own error above
+        print(
+            f"error: step failed with exit code {exc.returncode}: {' '.join(map(str, exc.cmd))}",
+            file=sys.stderr,
+        )
+        sys.exit(exc.returncode if exc.returncode > 0 else 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -18,13 +19,18 @@ from problems.instruct import mentions, repetition
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def harness() -> Any:
-    spec = importlib.util.spec_from_file_location("learning", ROOT / "benchmarks" / "learning.py")
+def load_script(name: str) -> Any:
+    """`benchmarks/NAME.py` as a module."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules["learning"] = module  # dataclasses look their module up
+    sys.modules[name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
+
+
+def harness() -> Any:
+    return load_script("learning")
 
 
 @pytest.mark.parametrize("sft", [True, pytest.param(False, marks=pytest.mark.slow)])
@@ -161,6 +167,18 @@ def test_bad_harness_arguments(argv: list[str], message: str, capsys: pytest.Cap
     assert message in capsys.readouterr().err
 
 
+def test_a_failing_step_ends_the_harness_with_one_line(tmp_path: Path) -> None:
+    """A step that fails (here the base eval, on a model that does not exist) ends the harness with its
+    exit code and one line naming the step, no traceback."""
+    command = [sys.executable, str(ROOT / "benchmarks" / "learning.py"), "--recipe", "arithmetic"]
+    command += ["--model", str(tmp_path / "missing"), "--json", str(tmp_path / "out.json")]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: step failed with exit code 2: ") and " eval --problem arithmetic " in last
+    assert not (tmp_path / "out.json").exists()
+
+
 @pytest.mark.parametrize("name", sorted(harness().RECIPES))
 def test_every_recipe_is_a_valid_problem_config(name: str) -> None:
     """Each recipe's settings build its task's config: `make run` cannot fail on a typo in them."""
@@ -183,6 +201,11 @@ def test_every_recipe_is_a_valid_problem_config(name: str) -> None:
         shape = (config.space, config.stdev, config.on_topic, config.max_repetition)
         assert shape == ("lora", 0.02, True, 0.5)
         assert "problem.on_topic=true" in module.sets(recipe.problem)  # the command reads as docs write it
+    # The GRPO step (`--method grpo`) takes the same recipe's problem settings.
+    grpo = load_script("grpo_baseline")
+    settings = {k: v for k, v in recipe.search.items() if not k.startswith("algo.")}
+    overrides = module.sets({**recipe.problem, **module.grpo_settings(settings)})[1::2]
+    assert grpo.problem_config(recipe.task, overrides).max_new_tokens == recipe.problem["max_new_tokens"]
     if recipe.fresh == "offset" and recipe.generated:
         # fresh items past the selection items must exist in the test split
         assert config.test_size >= config.eval_limit + recipe.items
