@@ -293,6 +293,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     items = args.items or recipe.items
 
     search = dict(recipe.search)
+    algo = args.algo or recipe.algo
+    if algo != recipe.algo:
+        # A recipe's algo.* settings are its own algorithm's (PGPE's ClipUp speed): `gfo run` would
+        # refuse them for another, which keeps its defaults unless --set says otherwise.
+        dropped = {k: search.pop(k) for k in list(search) if k.startswith("algo.")}
+        if dropped:
+            print(f"--algo {algo}: the recipe's {recipe.algo} settings {dropped} do not apply", flush=True)
     search.update(dict(o.split("=", 1) for o in args.overrides))
     # The adapter's shape is the same in every step: the SFT adapter is the search's start.
     shape = {k: search.pop(k) for k in ADAPTER_SHAPE if k in search}
@@ -310,7 +317,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         nonlocal eval_s
         directory = out / f"eval-{name}"
         command = [*gfo, "eval", "--problem", recipe.task, "--limit", str(items)]
-        command += ["--quiet", *offset, *common, *fresh] + (["--adapter", adapter] if adapter else [])
+        # No --quiet: a 500-item eval takes minutes (GSM8K: a quarter of an hour), and a newcomer's
+        # `make run` starts with one; `gfo eval` shows a bar, or a line per chunk in a log.
+        command += [*offset, *common, *fresh] + (["--adapter", adapter] if adapter else [])
         key = eval_key(command, adapter)
         hit = cache / key if cache is not None else None
         if hit is not None and (hit / "completions.jsonl").is_file():
@@ -363,7 +372,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     budget = popsize * batch * generations
     if args.method == "es":
         command = [
-            *gfo, "run", "--algo", args.algo or recipe.algo, "--problem", recipe.task,
+            *gfo, "run", "--algo", algo, "--problem", recipe.task,
             "--popsize", str(popsize), "--generations", str(generations), "--seed", str(args.seed),
             "--out", str(search_dir), "--force", *common, *sets(problem_sets), *sets(algo_sets),
         ]  # fmt: skip
@@ -402,7 +411,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "recipe": args.recipe,
         "method": args.method,
         "settings": {
-            "algo": args.algo or recipe.algo,
+            "algo": algo,
             "popsize": popsize,
             "generations": generations,
             "problem": every,

@@ -243,3 +243,24 @@ def test_eval_cache_key_follows_the_scoring_code_not_the_commit(
         changed.append(module.eval_key(command, str(adapter)))
     assert len({key, *changed}) == 4
     assert module.eval_key([*command, "--limit", "5"], str(adapter)) not in {key, *changed}
+
+
+def test_another_algorithm_drops_the_recipes_algo_settings(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A recipe's `algo.*` settings are its own algorithm's (PGPE's ClipUp speed), which `gfo run` refuses
+    for another: with `--algo snes` they are dropped, and the caller's `--set algo.*` still applies."""
+    out = tmp_path / "snes.json"
+    argv = ["--recipe", "arithmetic", "--json", str(out), "--model", str(tiny_model_dir), "--items", "2"]
+    argv += ["--no-sft", "--algo", "snes", "--generations", "1", "--popsize", "2", "--eval-cache", ""]
+    for key, value in (
+        ("batch_size", 2),
+        ("eval_limit", 2),
+        ("max_new_tokens", 4),
+        ("dtype", "fp32"),
+        ("algo.center_learning_rate", 0.5),
+    ):
+        argv += ["--set", f"{key}={value}"]
+    saved = harness().main(argv)
+    searched = tomllib.loads((out.with_suffix("") / "es" / "config.toml").read_text())
+    assert searched["algo"]["center_learning_rate"] == 0.5 and "max_speed" not in searched["algo"]
+    assert saved["settings"]["algo"] == "snes" and "algo.max_speed" not in saved["settings"]["search"]
+    assert saved["completions"] == 2 * 2
