@@ -141,6 +141,9 @@ def sft(
     out: Annotated[Path | None, typer.Option(help="folder (default runs/sft-<problem>)")] = None,
     epochs: Annotated[float, typer.Option(help="passes over the training examples")] = 1.0,
     batch_size: Annotated[int, typer.Option(help="examples per step")] = 16,
+    micro_batch_size: Annotated[
+        int, typer.Option(help="examples per forward/backward pass (memory); a step accumulates them")
+    ] = 4,
     lr: Annotated[float, typer.Option(help="learning rate")] = 1e-4,
     limit: Annotated[int | None, typer.Option(help="train on the first N training examples")] = None,
     seed: Annotated[int, typer.Option(help="seed of the LoRA init and data order")] = 0,
@@ -156,7 +159,9 @@ def sft(
     from gfo_llm.sft import sft as run_sft
 
     name, settings = _problem_settings(problem, config, list(set_ or []))
-    train = SFTSettings(epochs=epochs, batch_size=batch_size, lr=lr, limit=limit, seed=seed)
+    train = SFTSettings(
+        epochs=epochs, batch_size=batch_size, micro_batch_size=micro_batch_size, lr=lr, limit=limit, seed=seed
+    )
     out = out or Path("runs") / f"sft-{name}"
     console = Console(stderr=True)
     bar = Progress(

@@ -264,3 +264,19 @@ def test_another_algorithm_drops_the_recipes_algo_settings(tiny_model_dir: Path,
     assert searched["algo"]["center_learning_rate"] == 0.5 and "max_speed" not in searched["algo"]
     assert saved["settings"]["algo"] == "snes" and "algo.max_speed" not in saved["settings"]["search"]
     assert saved["completions"] == 2 * 2
+
+
+def test_sft_memory_benchmark(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """benchmarks/sft_memory.py: each micro-batch size in its own process, its peak RSS from the
+    kernel, ratios to the first; the same step loss at every size (the same update)."""
+    out = tmp_path / "sft-memory.json"
+    argv = ["--problem", "arithmetic", "--limit", "4", "--batch-size", "4", "--micro", "4,1"]
+    argv += ["--json", str(out), "--set", f"problem.model={tiny_model_dir}", "--set", "problem.rank=4"]
+    result = load_script("sft_memory").main(argv)
+    assert json.loads(out.read_text()) == result
+    whole, micro = result["rows"]
+    assert (whole["micro_batch_size"], micro["micro_batch_size"]) == (4, 1)
+    assert whole["steps"] == micro["steps"] == 1
+    assert whole["peak_rss_mb"] > 100 and whole["rss_over_first"] == 1.0
+    assert micro["rss_over_first"] == round(micro["peak_rss_mb"] / whole["peak_rss_mb"], 3)
+    assert micro["first_loss"] == pytest.approx(whole["first_loss"], rel=1e-4)

@@ -397,8 +397,38 @@ def test_sft_adapter_warm_starts_a_run(tiny_model_dir: Path, tmp_path: Path) -> 
     )
 
 
+def test_sft_micro_batches_give_the_whole_batchs_update(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A step of 4 examples in micro-batches of 1 (4 passes, accumulated) trains the adapter that one
+    pass of 4 trains: the loss is normalized by the step's completion tokens, not per micro-batch, and
+    the examples have different lengths (one micro-batch's mean would weight them otherwise)."""
+    from safetensors.torch import load_file
+
+    adapters = []
+    for micro in ("4", "1"):
+        code, err = gfo(
+            "sft", "--problem", "arithmetic", "--out", str(tmp_path / micro), "--limit", "8",
+            "--batch-size", "4", "--micro-batch-size", micro, "--lr", "0.01", "--quiet",
+            "--set", f"problem.model={tiny_model_dir}", "--set", "problem.rank=4",
+        )  # fmt: skip
+        assert code == 0, err
+        result = json.loads((tmp_path / micro / "sft.json").read_text())
+        assert result["steps"] == 2 and result["settings"]["micro_batch_size"] == int(micro)
+        adapters.append(load_file(str(tmp_path / micro / "adapter" / "adapter_model.safetensors")))
+    whole, micro_batched = adapters
+    assert whole.keys() == micro_batched.keys()
+    moved = max(float(t.abs().max()) for k, t in whole.items() if "lora_B" in k)  # B starts at 0
+    assert moved > 1e-3
+    for key, tensor in whole.items():
+        torch.testing.assert_close(micro_batched[key], tensor, rtol=1e-4, atol=1e-6 * moved)
+
+
 def test_sft_refuses_bad_input() -> None:
     code, err = gfo("sft", "--problem", "arithmetic", "--lr", "0")
     assert code == 2 and err.strip().splitlines() == ["error: --lr must be > 0; got 0.0, use e.g. 1e-4"]
+    code, err = gfo("sft", "--problem", "arithmetic", "--batch-size", "16", "--micro-batch-size", "5")
+    assert code == 2 and err.strip().splitlines() == [
+        "error: --batch-size must be a multiple of --micro-batch-size (a step is whole micro-batches);"
+        " got 16 and 5, use --micro-batch-size 1 or a divisor of 16"
+    ]
     code, err = gfo("sft", "--problem", "rastrigin")
     assert code == 2 and "not an LLM task" in err
