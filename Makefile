@@ -20,9 +20,9 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # Main job: ES on the bundled SmolLM2-135M-Instruct, the no-comma instruction (where a 2-core CPU
-# shows learning in minutes): the base model on 300 fresh prompts, PGPE from the base model, then
-# the final adapter on the same fresh prompts with the paired p-value (the quickstart recipe of
-# benchmarks/learning.py; docs/learning.md).
+# shows learning in minutes): the base model on 300 fresh prompts, diagonal CMA-ES from the base
+# model, then the final adapter on the same fresh prompts with the paired p-value (the quickstart
+# recipe of benchmarks/learning.py; docs/learning.md).
 run: $(STAMP)
 	$(BIN)/python benchmarks/learning.py --recipe quickstart --json runs/quickstart/learning.json $(ARGS)
 
@@ -30,7 +30,7 @@ run: $(STAMP)
 run-bench: $(STAMP)
 	$(BIN)/gfo run --algo sep-cmaes --problem ellipsoid --set problem.dim=30 --generations 800 --out runs/ellipsoid --force
 
-# The fast suite on TEST_WORKERS processes (pytest-xdist): 5.2 min on 2 cores (1,043 tests, session 7).
+# The fast suite on TEST_WORKERS processes (pytest-xdist): 4.6 min on 2 cores (1,046 tests, session 8).
 TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BIN)/ruff check gfo gfo_llm problems tests benchmarks

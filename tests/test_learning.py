@@ -181,9 +181,10 @@ def test_a_failing_step_ends_the_harness_with_one_line(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", sorted(harness().RECIPES))
 def test_every_recipe_is_a_valid_problem_config(name: str) -> None:
-    """Each recipe's settings build its task's config: `make run` cannot fail on a typo in them."""
+    """Each recipe's settings build its task's and its algorithm's config: `make run` cannot fail on a
+    typo in them."""
     from gfo.config import build
-    from gfo.registry import PROBLEMS
+    from gfo.registry import ALGORITHMS, PROBLEMS
 
     module = harness()
     recipe = module.RECIPES[name]
@@ -196,6 +197,10 @@ def test_every_recipe_is_a_valid_problem_config(name: str) -> None:
     cls: Any = PROBLEMS.get(recipe.task)
     config = build(cls.Config, values, "problem")
     assert config.max_new_tokens == recipe.problem["max_new_tokens"]
+    algo = {
+        k.removeprefix("algo."): module.as_text(v) for k, v in recipe.search.items() if k.startswith("algo.")
+    }
+    build(ALGORITHMS.get(recipe.algo).Config, algo, "algo")
     assert recipe.sft == (recipe.task != "instruct")  # make run (quickstart) has no warm start
     if name in ("guarded", "quickstart"):  # make run: run 14's regime, the guards in reward and measure
         shape = (config.space, config.stdev, config.on_topic, config.max_repetition)
