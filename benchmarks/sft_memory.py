@@ -4,7 +4,7 @@
 
 Each size is one `gfo sft` subprocess on the same `--limit` items (`--limit / --batch-size` steps of
 `--batch-size` examples), its peak RSS read from the kernel (`wait4`) and its step time from its own
-`sft.json` (training only, the model load excluded). The update is the same at every size (a test
+`sft.json` (its `wall_s`: the model load and the training). The update is the same at every size (a test
 compares the adapters); what changes is how many examples' activations are alive at once. Prints
 each size and the ratios to the first one.
 """
@@ -31,11 +31,9 @@ def measure(problem: str, micro: int, args: argparse.Namespace, scratch: Path) -
     ]  # fmt: skip
     print("$ " + " ".join(command), flush=True)
     started = time.perf_counter()
-    child = subprocess.Popen(command)
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode:
-        raise SystemExit(f"error: gfo sft exited with {child.returncode}: {' '.join(command)}")
+    _, status, usage = os.wait4(subprocess.Popen(command).pid, 0)  # this child's own peak RSS
+    if code := os.waitstatus_to_exitcode(status):
+        raise SystemExit(f"error: gfo sft exited with {code}: {' '.join(command)}")
     result = json.loads((out / "sft.json").read_text())
     return {
         "micro_batch_size": micro,
