@@ -66,13 +66,17 @@ adversarial = st.one_of(
 completions = st.one_of(st.text(max_size=2_000), adversarial, st.tuples(st.text(), adversarial).map("".join))
 
 
-TASK_IDS = ["gsm8k", "arithmetic", "countdown", "instruct"]
+TASK_IDS = ["gsm8k", "arithmetic", "arithmetic-steps", "countdown", "instruct"]
 
 
 def _tasks() -> list[tuple[Task, dict[str, Any]]]:
     return [
         (GSM8K(GSM8KConfig(format_bonus=BONUS)), {"question": "q", "answer": "#### 7", "target": "7"}),
         (Arithmetic(ArithmeticConfig(format_bonus=BONUS)), {"expression": "3 + 4", "target": 7}),
+        (
+            Arithmetic(ArithmeticConfig(format_bonus=BONUS, step_credit=0.9)),
+            {"expression": "3 + 4 - 5", "target": 2},
+        ),
         (Countdown(CountdownConfig(format_bonus=BONUS)), {"numbers": [1, 2, 4], "target": 7}),
         (
             Instruct(InstructConfig()),  # no format bonus: rewards lie in [0, 1]

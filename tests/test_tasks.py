@@ -21,7 +21,7 @@ import pytest
 from gfo.errors import ConfigError, GfoError
 from gfo_llm.config import LLMConfig
 from problems._answers import MAX_COMPLETION_CHARS, evaluate_expression, extract_answer, parse_number
-from problems.arithmetic import Arithmetic, ArithmeticConfig
+from problems.arithmetic import Arithmetic, ArithmeticConfig, steps_right
 from problems.countdown import Countdown, CountdownConfig, extract_expression
 from problems.gsm8k import GSM8K, GSM8KConfig
 from problems.instruct import Instruct
@@ -280,6 +280,41 @@ def test_arithmetic_negative_target_and_bonus() -> None:
     assert task.reward(["#### -7", "3 - 10 = -7", "#### 7"], [example] * 3) == [1.2, 1.0, 0.2]
 
 
+STEPS_TABLE = [
+    ("12 + 7 = 19\n19 - 3 = 16\n#### 16", 1.0),
+    ("12 + 7 = 19\n19 - 3 = 15\n#### 15", 0.5),  # the first step right
+    ("12 + 7 = 18\n18 - 3 = 15\n#### 15", 0.5),  # the second, judged from the result written
+    ("12 + 7 = 18\n19 - 3 = 16", 0.0),  # the second step does not start from the first's result
+    ("12 + 7 = 19, and 19 - 3 = 16", 1.0),
+    ("12+7=19", 0.5),
+    ("19 - 3 = 16\n12 + 7 = 19", 0.5),  # in order: the second step comes after the first
+    ("12 + 7 - 3 = 16", 0.0),  # no step worked out ("7 - 3 = 16" is not the first step)
+    ("112 + 7 = 119\n19 - 3 = 16", 0.0),  # not the expression's first term
+    ("12 + 7 = 19\n" * 3, 0.5),  # repeating a step earns it once
+    ("", 0.0),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), STEPS_TABLE)
+def test_steps_right_table(text: str, expected: float) -> None:
+    assert steps_right(text, "12 + 7 - 3") == expected
+
+
+def test_steps_right_negative_results_and_other_expressions() -> None:
+    assert steps_right("6 - 74 = -68\n-68 + 70 = 2\n#### 2", "6 - 74 + 70") == 1.0
+    assert steps_right("6 - 74 = -18\n-18 + 70 = 52", "6 - 74 + 70") == 0.5
+    assert steps_right("3 * 4 = 12", "3 * 4") == 0.0  # levels 2 and 3: no partial credit
+    assert steps_right("12 + 7 = 19" + "x" * MAX_COMPLETION_CHARS, "12 + 7") == 0.0
+
+
+def test_arithmetic_step_credit_stays_below_an_exact_answer() -> None:
+    task = Arithmetic(ArithmeticConfig(step_credit=0.5))
+    example = {"expression": "12 + 7 - 3", "target": 16}
+    texts = ["12 + 7 = 19\n19 - 3 = 16\n#### 16", "12 + 7 = 19\n19 - 3 = 15\n#### 15", "#### 16", "#### 15"]
+    assert task.reward(texts, [example] * 4) == [1.0, 0.25, 1.0, 0.0]
+    assert Arithmetic(ArithmeticConfig()).reward(texts[1:2], [example]) == [0.0]  # off by default
+
+
 def _signed_sum(expression: str) -> int:
     """Independent check for level 1 (+ and - only), without going through the task's parser."""
     tokens = expression.split()
@@ -420,6 +455,7 @@ def test_countdown_impossible_generation_is_an_error() -> None:
         (lambda: ArithmeticConfig(level=4), r"problem\.level must be one of 1, 2, 3; got 4"),
         (lambda: ArithmeticConfig(train_size=0), r"problem\.train_size must be in \[1, 100000\]; got 0"),
         (lambda: ArithmeticConfig(format_bonus=2.0), r"problem\.format_bonus"),
+        (lambda: ArithmeticConfig(step_credit=1.0), r"problem\.step_credit must be in \[0, 1\); got 1\.0"),
         (lambda: CountdownConfig(min_numbers=5, max_numbers=4), r"2 <= min <= max <= 6; got 5 and 4"),
         (lambda: CountdownConfig(max_number=1), r"problem\.max_number must be in \[2, 10000\]; got 1"),
         (lambda: CountdownConfig(test_size=10**6), r"problem\.test_size"),
