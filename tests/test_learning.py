@@ -285,3 +285,32 @@ def test_sft_memory_benchmark(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert whole["peak_rss_mb"] > 100 and whole["rss_over_first"] == 1.0
     assert micro["rss_over_first"] == round(micro["peak_rss_mb"] / whole["peak_rss_mb"], 3)
     assert micro["first_loss"] == pytest.approx(whole["first_loss"], rel=1e-4)
+
+
+def test_fitness_signal_benchmark(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """benchmarks/fitness_signal.py: candidates scored on two disjoint prompt sets, the rank
+    correlation of the two scorings, and how many completions differ from the centre's."""
+    out = tmp_path / "signal.json"
+    argv = ["--problem", "arithmetic", "--popsize", "6", "--json", str(out)]
+    for key, value in (("model", tiny_model_dir), ("rank", 4), ("batch_size", 4), ("max_new_tokens", 4),
+                       ("dtype", "fp32"), ("stdev", 5.0)):  # fmt: skip
+        argv += ["--set", f"problem.{key}={value}"]
+    result = load_script("fitness_signal").main(argv)
+    assert json.loads(out.read_text()) == result
+    assert result["popsize"] == 6 and result["prompts_per_set"] == 4
+    assert [len(f) for f in result["fitness"]] == [6, 6]
+    assert result["completions"] == (6 + 1) * 4 * 2  # the centre too, on both sets
+    # The tiny random model answers nothing right: every candidate ties, so there is no ranking.
+    assert result["fitness"] == [[0.0] * 6, [0.0] * 6] and result["spearman_rho"] is None
+    # At a spread this large the random model's text changes under most candidates.
+    assert 0.5 < result["text_changed"] <= 1.0 and result["reward_changed"] == 0.0
+
+
+def test_fitness_signal_split_half() -> None:
+    """The rank correlation on literal scorings: the same order, the reverse, and a tie."""
+    split_half = load_script("fitness_signal").split_half
+    rho, p = split_half([0.1, 0.2, 0.3, 0.4, 0.5], [0.2, 0.3, 0.5, 0.6, 0.9])
+    assert rho == pytest.approx(1.0) and p == pytest.approx(0.0, abs=1e-6)
+    rho, _ = split_half([0.1, 0.2, 0.3, 0.4], [0.4, 0.3, 0.2, 0.1])
+    assert rho == pytest.approx(-1.0)
+    assert split_half([0.25] * 4, [0.1, 0.2, 0.3, 0.4]) == (None, None)

@@ -1,0 +1,159 @@
+"""Does one generation's ranking of candidates hold on other prompts? The split-half reliability of
+ES's fitness at a start, spread and batch.
+
+    python benchmarks/fitness_signal.py --problem arithmetic --set problem.init_adapter=DIR \\
+        --set problem.stdev=0.1 --set problem.batch_size=32 --set problem.max_new_tokens=64 --json FILE
+
+`--popsize` candidates are drawn around the start (the space's centre) at the problem's spread, as a
+generation of diagonal CMA-ES or SNES draws them, and each is scored on two disjoint sets of
+`problem.batch_size` training prompts, every candidate on the same prompts (as in a generation).
+The Spearman correlation of the two scorings says how much of a generation's ranking is the
+candidates' and how much the prompts': ES steps along the rank-weighted sum of the candidates'
+offsets, and in a space of many dimensions the cosine between the steps that the two prompt sets
+would take is that same rank correlation. Near 0, the step is fitted to the generation's prompts, and
+a longer run at these settings does not carry to fresh ones.
+
+Also reported: how many completions and rewards differ from the centre's (does the spread change
+what the model writes?), and the fitness spread across candidates against the binomial spread of one
+candidate's score. Run alone on the machine; it loads one model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    p.add_argument("--problem", default="arithmetic", help="an LLM problem (see `gfo list`)")
+    p.add_argument("--popsize", type=int, default=24, help="candidates drawn around the start")
+    p.add_argument("--seed", type=int, default=0, help="seed of the candidates and of the prompt split")
+    p.add_argument(
+        "--set", action="append", default=[], help="problem.KEY=VALUE, as `gfo run` takes it (repeatable)"
+    )
+    p.add_argument("--json", type=Path, default=None, help="write the result here")
+    args = p.parse_args(argv)
+    if args.popsize < 3:
+        p.error(f"--popsize must be at least 3 for a rank correlation; got {args.popsize}")
+    return args
+
+
+def build_problem(name: str, overrides: list[str]) -> Any:
+    from gfo import config as cfg
+    from gfo.registry import PROBLEMS
+
+    parsed = cfg.parse_set([o if "." in o.partition("=")[0] else f"problem.{o}" for o in overrides])
+    for section in ("algo", "run"):
+        if parsed[section]:
+            raise SystemExit(f"error: --set {section}.* has no effect here; give problem.KEY=VALUE only")
+    cls = PROBLEMS.get(name)
+    return cls(cfg.build(cls.Config, parsed["problem"], "problem"))
+
+
+def score(problem: Any, vectors: torch.Tensor, examples: list[Any]) -> tuple[torch.Tensor, list[list[str]]]:
+    """Rewards (candidates x prompts) and completions of every row of `vectors` on `examples`."""
+    c = problem.config
+    result = problem.engine.generate(vectors, problem.prompts(examples), c.max_new_tokens, problem.task.stop)
+    rewards = [
+        problem.rewards(texts, examples, f"candidate {i}") for i, texts in enumerate(result.completions)
+    ]
+    return torch.tensor(rewards, dtype=torch.float64), result.completions
+
+
+def split_half(fitness_a: list[float], fitness_b: list[float]) -> tuple[float | None, float | None]:
+    """Spearman's rho of two scorings of the same candidates and its two-sided p; None where one
+    scoring ties every candidate (no ranking to compare)."""
+    try:
+        from scipy.stats import spearmanr
+    except ImportError:
+        raise SystemExit("error: this benchmark needs scipy; pip install scipy") from None
+    if len(set(fitness_a)) < 2 or len(set(fitness_b)) < 2:
+        return None, None
+    rho, p = spearmanr(fitness_a, fitness_b)
+    return float(rho), float(p)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from gfo_llm.model import cpu_description
+
+    args = parse_args(argv)
+    load = os.getloadavg()[0]
+    problem = build_problem(args.problem, args.set)
+    problem.prepare()
+    c = problem.config
+    size = c.batch_size
+    if 2 * size > len(problem.train):
+        raise SystemExit(
+            f"error: two sets of problem.batch_size={size} prompts need {2 * size} training items;"
+            f" the train split has {len(problem.train)}, lower problem.batch_size"
+        )
+    generator = torch.Generator().manual_seed(args.seed)
+    order = torch.randperm(len(problem.train), generator=generator).tolist()
+    sets = [[problem.train[i] for i in order[:size]], [problem.train[i] for i in order[size : 2 * size]]]
+    center = problem.space.center()
+    offsets = torch.randn(args.popsize, center.numel(), generator=generator, dtype=center.dtype) * c.stdev
+    vectors = torch.cat([center.reshape(1, -1), center + offsets])  # row 0: the start itself
+    started = time.perf_counter()
+    scored = [score(problem, vectors, examples) for examples in sets]
+    wall = time.perf_counter() - started
+    fitness = [rewards.mean(dim=1) for rewards, _ in scored]  # row 0 the centre's
+    text_changed = sum(
+        text != texts[0][i] for _, texts in scored for row in texts[1:] for i, text in enumerate(row)
+    )
+    reward_changed = sum(int((rewards[1:] != rewards[0]).sum()) for rewards, _ in scored)
+    rows = args.popsize * size * 2
+    candidates = [f[1:].tolist() for f in fitness]
+    rho, p = split_half(*candidates)
+    mean = float(torch.cat([f[1:] for f in fitness]).mean())
+    result = {
+        "problem": args.problem,
+        "settings": args.set,
+        "space": c.space,
+        "stdev": c.stdev,
+        "popsize": args.popsize,
+        "prompts_per_set": size,
+        "seed": args.seed,
+        "center_fitness": [float(f[0]) for f in fitness],
+        "fitness": candidates,
+        "spearman_rho": rho,
+        "spearman_p": p,
+        "text_changed": round(text_changed / rows, 4),
+        "reward_changed": round(reward_changed / rows, 4),
+        "fitness_sd": [float(f[1:].std()) for f in fitness],
+        # one candidate's score on `size` prompts, were its 0/1 answers independent draws at the mean
+        "binomial_sd": (mean * (1 - mean) / size) ** 0.5 if 0 <= mean <= 1 else None,
+        "completions": rows + 2 * size,
+        "wall_s": round(wall, 1),
+        "dtype": problem.dtype,
+        "cpu": cpu_description(),
+        "load_before": round(load, 2),
+    }
+    problem.close()
+    show = "none (a set ties every candidate)" if rho is None else f"{rho:+.3f} (p = {p:.2g})"
+    print(
+        f"{args.problem}, {c.space} space, spread {c.stdev}: {args.popsize} candidates x 2 sets of {size}"
+        f" prompts; centre {result['center_fitness'][0]:.3f} / {result['center_fitness'][1]:.3f},"
+        f" candidates' mean {mean:.3f}, sd {result['fitness_sd'][0]:.3f} / {result['fitness_sd'][1]:.3f}"
+        f" (binomial {result['binomial_sd'] or float('nan'):.3f})",
+        flush=True,
+    )
+    print(
+        f"completions that differ from the centre's {result['text_changed']:.1%}, rewards"
+        f" {result['reward_changed']:.1%}; split-half Spearman {show}; {wall:.0f} s",
+        flush=True,
+    )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
