@@ -23,11 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from gfo.errors import ConfigError, GfoError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -52,7 +55,7 @@ def build_problem(name: str, overrides: list[str]) -> Any:
     parsed = cfg.parse_set([o if "." in o.partition("=")[0] else f"problem.{o}" for o in overrides])
     for section in ("algo", "run"):
         if parsed[section]:
-            raise SystemExit(f"error: --set {section}.* has no effect here; give problem.KEY=VALUE only")
+            raise ConfigError(f"--set {section}.* has no effect here; give problem.KEY=VALUE only")
     cls = PROBLEMS.get(name)
     return cls(cfg.build(cls.Config, parsed["problem"], "problem"))
 
@@ -73,7 +76,7 @@ def split_half(fitness_a: list[float], fitness_b: list[float]) -> tuple[float | 
     try:
         from scipy.stats import spearmanr
     except ImportError:
-        raise SystemExit("error: this benchmark needs scipy; pip install scipy") from None
+        raise GfoError("this benchmark needs scipy; pip install scipy") from None
     if len(set(fitness_a)) < 2 or len(set(fitness_b)) < 2:
         return None, None
     rho, p = spearmanr(fitness_a, fitness_b)
@@ -90,8 +93,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     c = problem.config
     size = c.batch_size
     if 2 * size > len(problem.train):
-        raise SystemExit(
-            f"error: two sets of problem.batch_size={size} prompts need {2 * size} training items;"
+        raise ConfigError(
+            f"two sets of problem.batch_size={size} prompts need {2 * size} training items;"
             f" the train split has {len(problem.train)}, lower problem.batch_size"
         )
     generator = torch.Generator().manual_seed(args.seed)
@@ -156,4 +159,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except GfoError as exc:  # bad input: one line and exit 2, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -314,3 +314,21 @@ def test_fitness_signal_split_half() -> None:
     rho, _ = split_half([0.1, 0.2, 0.3, 0.4], [0.4, 0.3, 0.2, 0.1])
     assert rho == pytest.approx(-1.0)
     assert split_half([0.25] * 4, [0.1, 0.2, 0.3, 0.4]) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["problem.rank=0"], "problem.rank must be >= 1"),
+        (["algo.popsize=4"], "--set algo.* has no effect here"),
+    ],
+)
+def test_fitness_signal_bad_input(sets: list[str], message: str) -> None:
+    """Bad settings: one line naming the problem, exit code 2, no traceback, before any model loads."""
+    command = [sys.executable, str(ROOT / "benchmarks" / "fitness_signal.py"), "--problem", "arithmetic"]
+    for item in sets:
+        command += ["--set", item]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("error: ") and message in done.stderr and "Traceback" not in done.stderr
+    assert done.stderr.count("\n") == 1
