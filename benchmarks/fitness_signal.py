@@ -49,15 +49,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build_problem(name: str, overrides: list[str]) -> Any:
-    from gfo import config as cfg
+    """The problem as `gfo eval` builds it from `--set` (`problem.` implied for keys without a section)."""
     from gfo.registry import PROBLEMS
+    from gfo_llm.commands import _problem_settings
 
-    parsed = cfg.parse_set([o if "." in o.partition("=")[0] else f"problem.{o}" for o in overrides])
-    for section in ("algo", "run"):
-        if parsed[section]:
-            raise ConfigError(f"--set {section}.* has no effect here; give problem.KEY=VALUE only")
-    cls = PROBLEMS.get(name)
-    return cls(cfg.build(cls.Config, parsed["problem"], "problem"))
+    overrides = [o if "." in o.partition("=")[0] else f"problem.{o}" for o in overrides]
+    name, config = _problem_settings(name, None, overrides)
+    return PROBLEMS.get(name)(config)
 
 
 def score(problem: Any, vectors: torch.Tensor, examples: list[Any]) -> tuple[torch.Tensor, list[list[str]]]:

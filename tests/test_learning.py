@@ -320,7 +320,7 @@ def test_fitness_signal_split_half() -> None:
     ("sets", "message"),
     [
         (["problem.rank=0"], "problem.rank must be >= 1"),
-        (["algo.popsize=4"], "--set algo.* has no effect here"),
+        (["algo.popsize=4"], "--set algo.popsize has no effect here"),
     ],
 )
 def test_fitness_signal_bad_input(sets: list[str], message: str) -> None:
