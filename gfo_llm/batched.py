@@ -180,6 +180,67 @@ class PopulationGenerator:
             time.perf_counter() - start_time,
         )
 
+    @torch.inference_mode()
+    def log_likelihood(
+        self, vectors: Tensor, prompts: Sequence[str], completions: Sequence[str]
+    ) -> tuple[Tensor, Tensor]:
+        """Teacher-forced log-probability of each completion after its prompt, for every candidate.
+
+        Returns the summed log-probabilities of the completion tokens, float64 (P, B), and each
+        completion's token count (B,). One forward pass per chunk of `row_budget` rows; rows are
+        left-padded so that every completion ends in the last column and only the logits of the last
+        `longest completion + 1` positions are computed (the vocabulary is 49k wide).
+        """
+        if not prompts or len(prompts) != len(completions):
+            raise GfoError(
+                f"log_likelihood needs one completion per prompt; got {len(prompts)} prompt(s) and "
+                f"{len(completions)} completion(s)"
+            )
+        population = self.space.population(vectors)
+        size, n_prompts = population.size, len(prompts)
+        heads = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+        tails = self.tokenizer(list(completions), add_special_tokens=False)["input_ids"]
+        if not all(heads) or not all(tails):
+            raise GfoError("log_likelihood got an empty prompt or completion; every one needs a token")
+        width = max(len(h) + len(t) for h, t in zip(heads, tails, strict=True))
+        keep = max(map(len, tails))
+        ids = torch.full((n_prompts, width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros(n_prompts, width, dtype=torch.long)
+        targets = torch.full((n_prompts, keep), -1, dtype=torch.long)  # -1: not a completion token
+        for i, (head, tail) in enumerate(zip(heads, tails, strict=True)):
+            ids[i, width - len(head) - len(tail) :] = torch.tensor(head + tail)
+            mask[i, width - len(head) - len(tail) :] = 1
+            targets[i, keep - len(tail) :] = torch.tensor(tail)
+        sums = torch.zeros(size, n_prompts, dtype=torch.float64)
+        factors = self.space.factors if isinstance(self.space, SVDSpace) else {}
+        try:
+            for c0, c1, p0, p1 in _plan(size, n_prompts, self.row_budget):
+                rows = Rows.blocked(c0, c1 - c0, p1 - p0)
+                for name, layer in self.layers.items():
+                    layer.select(name, population, rows, factors.get(name))
+                n = c1 - c0
+                chunk_ids, chunk_mask = _trim_left(ids[p0:p1], mask[p0:p1])
+                positions = (chunk_mask.cumsum(dim=1) - 1).clamp(min=0)
+                # The logit at position j predicts token j + 1: the last `keep` targets need the
+                # `keep + 1` last positions' logits, less the very last one.
+                logits = self.model(
+                    input_ids=chunk_ids.repeat(n, 1),
+                    attention_mask=chunk_mask.repeat(n, 1),
+                    position_ids=positions.repeat(n, 1),
+                    logits_to_keep=keep + 1,
+                ).logits[:, :-1]
+                chosen = targets[p0:p1].repeat(n, 1)
+                logits = logits.float()
+                picked = logits.gather(-1, chosen.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+                picked = picked - torch.logsumexp(logits, dim=-1)
+                # where(), not a product: padded positions of a short row may hold NaN logits.
+                picked = torch.where(chosen >= 0, picked, torch.zeros_like(picked))
+                sums[c0:c1, p0:p1] = picked.sum(dim=-1).view(n, p1 - p0).double()
+        finally:
+            for layer in self.layers.values():
+                layer.clear()
+        return sums, torch.tensor([len(t) for t in tails], dtype=torch.float64)
+
     def close(self) -> None:
         """Restore the model's plain linear layers (the base weights stay as they are); idempotent."""
         if self.layers:

@@ -17,12 +17,14 @@ Init = Literal["pissa", "random"]
 Backend = Literal["transformers", "vllm"]
 EngineKind = Literal["continuous", "hf"]
 Quantization = Literal["bitsandbytes", "fp8", "awq", "gptq"]
+Fitness = Literal["reward", "likelihood"]
 DTYPES: tuple[str, ...] = get_args(Dtype)
 SPACE_KINDS: tuple[str, ...] = get_args(SpaceKind)
 INITS: tuple[str, ...] = get_args(Init)
 BACKENDS: tuple[str, ...] = get_args(Backend)
 ENGINES: tuple[str, ...] = get_args(EngineKind)
 QUANTIZATIONS: tuple[str, ...] = get_args(Quantization)
+FITNESSES: tuple[str, ...] = get_args(Fitness)
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,14 @@ class LLMConfig:
     )
     batch_size: int = field(
         default=8, metadata={"help": "training prompts per generation (same for all candidates)"}
+    )
+    fitness: Fitness = field(
+        default="reward",
+        metadata={
+            "help": "reward: mean task reward of greedy completions; likelihood: mean log-probability per "
+            "token of the task's reference completions (teacher forcing, no generation: ES on the SFT "
+            "loss). Held-out evaluation scores rewards either way"
+        },
     )
     max_new_tokens: int = field(default=96, metadata={"help": "generation cap per completion"})
     eval_every: int = field(
@@ -122,6 +132,12 @@ class LLMConfig:
         _choice("init", self.init, INITS)
         _choice("backend", self.backend, BACKENDS)
         _choice("engine", self.engine, ENGINES)
+        _choice("fitness", self.fitness, FITNESSES)
+        if self.fitness == "likelihood" and self.backend != "transformers":
+            raise ConfigError(
+                "problem.fitness=likelihood needs problem.backend=transformers (vLLM scores no references); "
+                "drop one of them"
+            )
         if self.quantization is not None:
             _choice("quantization", self.quantization, QUANTIZATIONS)
             if self.backend != "vllm":

@@ -1,8 +1,10 @@
 """A reward task + a model + a LoRA search space = a `gfo.Problem` (ESSA, arXiv 2507.04453).
 
-Fitness of a candidate is its mean reward over a mini-batch of training prompts, greedy decoding;
-every candidate of a generation sees the same mini-batch (common random numbers) and each generation
-a fresh one, both derived from `(seed, generation)` so that workers agree without talking.
+Fitness of a candidate is its mean reward over a mini-batch of training prompts, greedy decoding
+(or, with `fitness=likelihood`, the mean log-probability per token of the task's reference
+completions, teacher-forced: ES on the SFT loss, forward passes only); every candidate of a
+generation sees the same mini-batch (common random numbers) and each generation a fresh one, both
+derived from `(seed, generation)` so that workers agree without talking.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from gfo.errors import GfoError
 from gfo.problem import Context, Evaluation, Problem, Sense
 from gfo_llm.config import LLMConfig
 from gfo_llm.reward_guard import guarded_reward
-from gfo_llm.task import Example, Task
+from gfo_llm.task import Example, Task, reference_completion
 
 if TYPE_CHECKING:
     from gfo_llm.batched import Engine
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
     from gfo_llm.spaces import Space
 
 SAMPLES_PER_GENERATION = 2  # completions of the generation's best candidate kept in samples.jsonl
+_NO_REFERENCES = "problem.fitness=likelihood scores them: use problem.fitness=reward"
 
 
 class LLMProblem(Problem):
@@ -88,6 +91,10 @@ class LLMProblem(Problem):
 
         torch.set_grad_enabled(False)  # forward passes only, everywhere in this process
         c = self.config
+        if c.fitness == "likelihood":  # before minutes of model loading
+            first = self.task.examples("train")[:1]
+            if first:
+                reference_completion(self.task, first[0], "", _NO_REFERENCES)
         if c.backend == "vllm":
             from gfo_llm.vllm_backend import require_vllm
 
@@ -224,6 +231,8 @@ class LLMProblem(Problem):
         engine = self.engine
         batch = self.minibatch(context)
         prompts = self.prompts(batch)
+        if self.config.fitness == "likelihood":
+            return self._likelihood(population, batch, prompts)
         result = engine.generate(population, prompts, self.config.max_new_tokens, self.task.stop)
         failures = self.reward_failures
         where = f"in generation {context.generation}"
@@ -264,6 +273,37 @@ class LLMProblem(Problem):
             counters=counters,
             samples=samples,
         )
+
+    def _likelihood(
+        self, population: torch.Tensor, batch: Sequence[Example], prompts: Sequence[str]
+    ) -> Evaluation:
+        """Fitness: log-probability per token of the batch's references (plus EOS, as `gfo sft`
+        trains on them), pooled over the batch: the negative of the SFT loss on these items."""
+        from gfo_llm.batched import PopulationGenerator
+
+        engine = self.engine
+        assert isinstance(engine, PopulationGenerator)  # LLMConfig refuses another backend
+        references = [
+            reference_completion(self.task, ex, self.tokenizer.eos_token, _NO_REFERENCES) for ex in batch
+        ]
+        sums, tokens = engine.log_likelihood(population, prompts, references)
+        fitness = sums.sum(dim=1) / tokens.sum()
+        fitness[~torch.isfinite(population).all(dim=1)] = float("nan")
+        best = int(fitness.nan_to_num(nan=-torch.inf).argmax())
+        samples = [
+            {
+                "candidate": best,
+                "prompt": prompts[i],
+                "reference": references[i],
+                "log_likelihood_per_token": float(sums[best, i] / tokens[i]),
+            }
+            for i in range(min(SAMPLES_PER_GENERATION, len(prompts)))
+        ]
+        counters = {
+            "scored_references": float(sums.numel()),
+            "reference_tokens": float(tokens.sum()) * len(population),
+        }
+        return Evaluation(fitness=fitness, counters=counters, samples=samples)
 
     def heldout_every(self) -> int:
         return self.config.eval_every

@@ -27,7 +27,7 @@ from gfo.checkpoint import atomic_write
 from gfo.errors import ConfigError, GfoError
 from gfo.registry import PROBLEMS
 from gfo_llm.config import LLMConfig
-from gfo_llm.task import Example, Task
+from gfo_llm.task import Example, Task, reference_completion
 
 ADAPTER = "adapter"
 RESULT = "sft.json"
@@ -111,14 +111,15 @@ def training_pairs(
     prompts: list[str] = []
     completions: list[str] = []
     for example in examples:
-        reference = task.reference(example)
-        if reference is None:
-            raise GfoError(
-                f"task {task.name!r} gives no reference completions (Task.reference returns None); "
-                "gfo sft needs them: implement reference() or start the search without a warm start"
+        completions.append(
+            reference_completion(
+                task,
+                example,
+                tokenizer.eos_token,
+                "gfo sft needs them: implement reference() or start the search without a warm start",
             )
+        )
         prompts.append(chat_prompt(tokenizer, task.prompt(example), config.system_prompt))
-        completions.append(reference + tokenizer.eos_token)
     return prompts, completions
 
 

@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
-from gfo.errors import ConfigError
+from gfo.errors import ConfigError, GfoError
 from gfo_llm.config import LLMConfig
 
 Example = Mapping[str, Any]
@@ -54,6 +54,19 @@ class Task(ABC):
     def reference(self, example: Example) -> str | None:
         """A reference completion for supervised warm start (`gfo sft`); None if the task has none."""
         return None
+
+
+def reference_completion(task: Task, example: Example, eos: str, needed_by: str) -> str:
+    """What `gfo sft` trains on and `problem.fitness=likelihood` scores: the reference, then EOS.
+
+    `needed_by` ends the error for a task without references: who needs them, and the way out.
+    """
+    reference = task.reference(example)
+    if reference is None:
+        raise GfoError(
+            f"task {task.name!r} gives no reference completions (Task.reference returns None); {needed_by}"
+        )
+    return reference + eos
 
 
 def lazy_problem(module: str, task: type[Task]) -> Callable[[str], Any]:

@@ -235,3 +235,48 @@ def test_exported_pissa_adapter_loads_on_the_original_model(
     assert loaded.peft_config["default"].r == 8
     assert greedy(loaded, tokenizer, texts) == expected
     assert greedy(tiny_lm[0], tokenizer, texts) != expected
+
+
+@pytest.mark.parametrize(("kind", "row_budget"), [("svd", 64), ("lora", 3)])
+def test_log_likelihood_equals_peft_per_sequence(
+    tiny_lm_copy: tuple[Any, Any], kind: str, row_budget: int
+) -> None:
+    """Teacher-forced log-probabilities from one padded batched pass == each candidate's PEFT model
+    on each unpadded prompt + completion alone (fp32); row_budget 3 < B = 4 splits the prompts."""
+    model, tokenizer = tiny_lm_copy
+    lora = init_lora(model, TARGETS, rank=4, method="pissa")
+    reference_base = copy.deepcopy(model)
+    space: Space = SVDSpace(lora) if kind == "svd" else LoRASpace(lora)
+    population = make_population(space, 3, 0.5 if kind == "svd" else 0.2)
+    texts = prompts(tokenizer)
+    # Completions of different lengths, one a single token: rows end aligned, starts differ.
+    answers = ["19", "Blue, like the sea and the sky.", "1 2 3 4 5", "Hello" + tokenizer.eos_token]
+    sums, counts = PopulationGenerator(model, tokenizer, space, row_budget=row_budget).log_likelihood(
+        population, texts, answers
+    )
+    assert sums.shape == (3, 4) and sums.dtype == torch.float64
+    for c in range(3):
+        reference = peft_model(copy.deepcopy(reference_base), {"c": space.to_lora(population[c])})
+        for p, (text, answer) in enumerate(zip(texts, answers, strict=True)):
+            head = tokenizer(text, add_special_tokens=False)["input_ids"]
+            tail = tokenizer(answer, add_special_tokens=False)["input_ids"]
+            assert counts[p] == len(tail)
+            with torch.inference_mode():
+                logits = reference(input_ids=torch.tensor([head + tail])).logits[0].float()
+            logp = torch.log_softmax(logits[len(head) - 1 : -1], dim=-1)
+            expected = logp.gather(-1, torch.tensor(tail).unsqueeze(-1)).sum()
+            assert sums[c, p].item() == pytest.approx(expected.item(), abs=1e-3)
+    assert (sums < 0).all()
+    # Not vacuous: the candidates' adapters change the likelihoods.
+    assert (sums[1] - sums[0]).abs().max() > 0.01 and (sums[2] - sums[0]).abs().max() > 0.01
+
+
+def test_log_likelihood_refuses_mismatched_or_empty_texts(tiny_lm_copy: tuple[Any, Any]) -> None:
+    model, tokenizer = tiny_lm_copy
+    space = SVDSpace(init_lora(model, TARGETS, rank=4, method="pissa"))
+    engine = PopulationGenerator(model, tokenizer, space)
+    centre = space.center().unsqueeze(0)
+    with pytest.raises(GfoError, match="one completion per prompt"):
+        engine.log_likelihood(centre, prompts(tokenizer, 2), ["a"])
+    with pytest.raises(GfoError, match="empty prompt or completion"):
+        engine.log_likelihood(centre, prompts(tokenizer, 1), [""])

@@ -387,6 +387,82 @@ def test_a_non_finite_candidate_gets_nan_fitness(text_problem: LLMProblem) -> No
     assert result.samples[0]["candidate"] == 0
 
 
+# ------------------------------------------------------------------ fitness=likelihood
+
+
+def test_likelihood_fitness_is_the_log_probability_per_reference_token(tiny_model_dir: Path) -> None:
+    problem = tiny_problem(tiny_model_dir, rank=2, fitness="likelihood")
+    generator = torch.Generator().manual_seed(0)
+    population = problem.initial_center() + torch.randn(3, problem.solution_length, generator=generator)
+    population = torch.cat([population, population[:1]])
+    population[3, 0] = float("nan")
+    context = Context(generation=1, seed=0)
+    result = problem.evaluate(population, context)
+    batch = problem.minibatch(context)
+    references = [problem.task.reference(ex) + problem.tokenizer.eos_token for ex in batch]
+    assert all("####" in r for r in references)  # the arithmetic task's worked answers
+    sums, tokens = problem.engine.log_likelihood(population[:3], problem.prompts(batch), references)
+    assert result.fitness[:3].tolist() == pytest.approx((sums.sum(1) / tokens.sum()).tolist())
+    # A random 49k-token model: about log(1 / 49,152) = -10.8 nats per token, and the candidates differ.
+    assert all(-20 < f < -5 for f in result.fitness[:3].tolist())
+    assert len(set(result.fitness[:3].tolist())) == 3
+    assert math.isnan(result.fitness[3].item())
+    assert result.counters == {
+        "scored_references": 4.0 * len(batch),
+        "reference_tokens": 4.0 * tokens.sum().item(),
+    }
+    assert result.samples[0]["reference"] == references[0]
+    assert set(result.samples[0]) == {"candidate", "prompt", "reference", "log_likelihood_per_token"}
+
+
+def test_a_search_on_likelihood_raises_it_and_still_scores_rewards_held_out(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """SNES on the same 4 items every generation raises their log-likelihood; held-out is rewards."""
+    summary = run_tiny(
+        tmp_path,
+        "snes",
+        "arithmetic",
+        tiny_model_dir,
+        "problem.fitness=likelihood",
+        "problem.rank=2",
+        "problem.train_size=4",
+        "problem.batch_size=4",
+        "problem.stdev=1.0",
+        "problem.eval_every=2",
+        "algo.popsize=8",
+        "run.generations=8",
+    )
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
+    means = [r["mean"] for r in rows]
+    assert means[-1] > means[0] + 0.1, means
+    assert rows[-1]["scored_references_total"] == 8 * 4 * 8
+    assert "completions" not in rows[-1]  # nothing was generated to train on
+    # The held-out evaluation generated and scored rewards (0 or 1 on arithmetic), not likelihoods.
+    heldout = [r["heldout"] for r in rows if "heldout" in r]
+    assert heldout and all(0.0 <= h["center"] <= 1.0 for h in heldout)
+    assert summary["best"] < 0
+
+
+def test_likelihood_needs_references_and_the_transformers_backend(tiny_model_dir: Path) -> None:
+    from gfo.errors import ConfigError, GfoError
+
+    class Unreferenced(TextTask):
+        def reference(self, example: Any) -> None:  # type: ignore[override]
+            return None
+
+    with pytest.raises(ConfigError, match=r"needs problem\.backend=transformers"):
+        ArithmeticConfig(fitness="likelihood", backend="vllm")
+    with pytest.raises(ConfigError, match=r"problem\.fitness must be one of reward, likelihood"):
+        ArithmeticConfig(fitness="loss")  # type: ignore[arg-type]
+    problem = LLMProblem.for_task(Unreferenced)(
+        ArithmeticConfig(model=str(tiny_model_dir), fitness="likelihood", train_size=10)
+    )
+    with pytest.raises(GfoError, match=r"gives no reference completions.*use problem\.fitness=reward"):
+        problem.prepare()
+    assert problem.model is None  # refused before loading the model
+
+
 # ------------------------------------------------------------------ rewards we do not control
 
 RELEASE = threading.Event()  # set at the end of a test: lets the abandoned "hung" reward threads end
