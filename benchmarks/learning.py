@@ -387,6 +387,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         summary = json.loads((search_dir / "summary.json").read_text())
         counters = summary.get("counters", {})
         completions, tokens = counters.get("completions"), counters.get("generated_tokens")
+        # problem.fitness=likelihood generates nothing to train on: it scores references.
+        reference_keys = ("scored_references", "reference_tokens")
+        references: dict[str, float] = {k: counters[k] for k in reference_keys if k in counters}
         curve = heldout_curve(search_dir / "metrics.jsonl", summary)
     else:
         command = [
@@ -398,6 +401,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         final = search_dir / "adapter"
         result = json.loads((search_dir / "result.json").read_text())
         completions, tokens = result.get("completions_generated"), result.get("tokens_generated")
+        references = {}
         curve = []
 
     # 3. Fresh items: the start (unless it is the base model) and the final adapter.
@@ -438,6 +442,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "final_vs_base": vs_base,
         "completions": completions,
         "tokens": tokens,
+        **references,
         "wall_s": round(sft_s + search_s, 1),
         "sft_wall_s": round(sft_s, 1),
         "sft_reused": sft_reused,  # the sft.json whose wall time sft_wall_s is, when --start reused it
@@ -501,7 +506,10 @@ def instruct_breakdown(eval_dir: Path, keep: list[bool] | None = None) -> dict[s
 
 
 def heldout_curve(metrics: Path, summary: dict[str, Any]) -> list[dict[str, float]]:
-    """(training completions so far, held-out accuracy of centre and generation best) per measurement."""
+    """(training completions so far, held-out accuracy of centre and generation best) per measurement.
+
+    A `problem.fitness=likelihood` search generates nothing: its x is the references scored.
+    """
     curve: list[dict[str, float]] = []
     if summary.get("heldout_initial") is not None:
         curve.append(
@@ -511,7 +519,7 @@ def heldout_curve(metrics: Path, summary: dict[str, Any]) -> list[dict[str, floa
         for line in f:
             record = json.loads(line)
             if "heldout" in record:
-                done = float(record.get("completions_total", 0.0))
+                done = float(record.get("completions_total", record.get("scored_references_total", 0.0)))
                 curve.append({"completions": done, **record["heldout"]})
     return curve
 
@@ -532,7 +540,7 @@ def plot(curve: list[dict[str, float]], result: dict[str, Any], path: Path) -> N
     ax.axhline(
         result["final_acc"], color="green", lw=0.8, label=f"final, fresh items ({result['final_acc']:.3f})"
     )
-    ax.set_xlabel("training completions")
+    ax.set_xlabel("training completions (references scored, for fitness=likelihood)")
     ax.set_ylabel("accuracy (mean reward)")
     ax.set_title(f"{result['recipe']}: {result['settings']['algo']} P={result['settings']['popsize']}")
     ax.legend(fontsize=7)
