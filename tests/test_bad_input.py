@@ -348,6 +348,12 @@ CASES = [
         "or none for no limit",
     ),
     Case(
+        "likelihood fitness on vLLM",
+        "run --algo pgpe --problem arithmetic --set problem.fitness=likelihood --set problem.backend=vllm",
+        "error: problem.fitness=likelihood needs problem.backend=transformers (vLLM scores no references); "
+        "drop one of them",
+    ),
+    Case(
         "model path that does not exist",
         "run --algo pgpe --problem gsm8k --set problem.model=/nonexistent",
         "error: model path '/nonexistent' does not exist; pass an existing .gguf file or model directory, "
