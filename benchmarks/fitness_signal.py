@@ -68,6 +68,18 @@ def score(problem: Any, vectors: torch.Tensor, examples: list[Any]) -> tuple[tor
     return torch.tensor(rewards, dtype=torch.float64), result.completions
 
 
+def likelihood(problem: Any, vectors: torch.Tensor, examples: list[Any]) -> torch.Tensor:
+    """`problem.fitness=likelihood`'s fitness of every row of `vectors` on `examples`: the
+    references' log-probability per token, pooled (what `LLMProblem` ranks a generation by)."""
+    from gfo_llm.problem import _NO_REFERENCES
+    from gfo_llm.task import reference_completion
+
+    eos = problem.tokenizer.eos_token
+    references = [reference_completion(problem.task, ex, eos, _NO_REFERENCES) for ex in examples]
+    sums, tokens = problem.engine.log_likelihood(vectors, problem.prompts(examples), references)
+    return sums.sum(dim=1) / tokens.sum()
+
+
 def split_half(fitness_a: list[float], fitness_b: list[float]) -> tuple[float | None, float | None]:
     """Spearman's rho of two scorings of the same candidates and its two-sided p; None where one
     scoring ties every candidate (no ranking to compare)."""
@@ -102,14 +114,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     offsets = torch.randn(args.popsize, center.numel(), generator=generator, dtype=center.dtype) * c.stdev
     vectors = torch.cat([center.reshape(1, -1), center + offsets])  # row 0: the start itself
     started = time.perf_counter()
-    scored = [score(problem, vectors, examples) for examples in sets]
-    wall = time.perf_counter() - started
-    fitness = [rewards.mean(dim=1) for rewards, _ in scored]  # row 0 the centre's
-    text_changed = sum(
-        text != texts[0][i] for _, texts in scored for row in texts[1:] for i, text in enumerate(row)
-    )
-    reward_changed = sum(int((rewards[1:] != rewards[0]).sum()) for rewards, _ in scored)
     rows = args.popsize * size * 2
+    text_changed: float | None = None  # a likelihood generates no text
+    reward_changed: float | None = None
+    if c.fitness == "likelihood":
+        fitness = [likelihood(problem, vectors, examples) for examples in sets]  # row 0 the centre's
+    else:
+        scored = [score(problem, vectors, examples) for examples in sets]
+        fitness = [rewards.mean(dim=1) for rewards, _ in scored]
+        changed = sum(
+            text != texts[0][i] for _, texts in scored for row in texts[1:] for i, text in enumerate(row)
+        )
+        text_changed = round(changed / rows, 4)
+        reward_changed = round(sum(int((rewards[1:] != rewards[0]).sum()) for rewards, _ in scored) / rows, 4)
+    wall = time.perf_counter() - started
     candidates = [f[1:].tolist() for f in fitness]
     rho, p = split_half(*candidates)
     mean = float(torch.cat([f[1:] for f in fitness]).mean())
@@ -125,12 +143,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "fitness": candidates,
         "spearman_rho": rho,
         "spearman_p": p,
-        "text_changed": round(text_changed / rows, 4),
-        "reward_changed": round(reward_changed / rows, 4),
+        "fitness_kind": c.fitness,
+        "text_changed": text_changed,
+        "reward_changed": reward_changed,
         "fitness_sd": [float(f[1:].std()) for f in fitness],
         # one candidate's score on `size` prompts, were its 0/1 answers independent draws at the mean
-        "binomial_sd": (mean * (1 - mean) / size) ** 0.5 if 0 <= mean <= 1 else None,
-        "completions": rows + 2 * size,
+        "binomial_sd": (mean * (1 - mean) / size) ** 0.5
+        if c.fitness == "reward" and 0 <= mean <= 1
+        else None,
+        "completions": rows + 2 * size if c.fitness == "reward" else 0,
+        "scored_references": 0 if c.fitness == "reward" else rows + 2 * size,
         "wall_s": round(wall, 1),
         "dtype": problem.dtype,
         "cpu": cpu_description(),
@@ -138,18 +160,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     problem.close()
     show = "none (a set ties every candidate)" if rho is None else f"{rho:+.3f} (p = {p:.2g})"
+    centre = result["center_fitness"]
     print(
-        f"{args.problem}, {c.space} space, spread {c.stdev}: {args.popsize} candidates x 2 sets of {size}"
-        f" prompts; centre {result['center_fitness'][0]:.3f} / {result['center_fitness'][1]:.3f},"
+        f"{args.problem} ({c.fitness}), {c.space} space, spread {c.stdev}: {args.popsize} candidates"
+        f" x 2 sets of {size} prompts; centre {centre[0]:.3f} / {centre[1]:.3f},"
         f" candidates' mean {mean:.3f}, sd {result['fitness_sd'][0]:.3f} / {result['fitness_sd'][1]:.3f}"
         f" (binomial {result['binomial_sd'] or float('nan'):.3f})",
         flush=True,
     )
-    print(
-        f"completions that differ from the centre's {result['text_changed']:.1%}, rewards"
-        f" {result['reward_changed']:.1%}; split-half Spearman {show}; {wall:.0f} s",
-        flush=True,
+    changes = (
+        "references scored, nothing generated"
+        if text_changed is None or reward_changed is None
+        else f"completions that differ from the centre's {text_changed:.1%}, rewards {reward_changed:.1%}"
     )
+    print(f"{changes}; split-half Spearman {show}; {wall:.0f} s", flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")

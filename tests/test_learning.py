@@ -306,6 +306,23 @@ def test_fitness_signal_benchmark(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert 0.5 < result["text_changed"] <= 1.0 and result["reward_changed"] == 0.0
 
 
+def test_fitness_signal_benchmark_on_likelihood(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """With problem.fitness=likelihood the candidates are ranked by their references'
+    log-probability: no ties even on the random model, and the centre's figure is the engine's."""
+    argv = ["--problem", "arithmetic", "--popsize", "6", "--json", str(tmp_path / "signal.json")]
+    for key, value in (("model", tiny_model_dir), ("rank", 4), ("batch_size", 4), ("dtype", "fp32"),
+                       ("stdev", 2.0), ("fitness", "likelihood")):  # fmt: skip
+        argv += ["--set", f"problem.{key}={value}"]
+    result = load_script("fitness_signal").main(argv)
+    assert result["fitness_kind"] == "likelihood"
+    assert result["completions"] == 0 and result["scored_references"] == (6 + 1) * 4 * 2
+    assert result["text_changed"] is None and result["reward_changed"] is None
+    assert result["binomial_sd"] is None
+    assert all(-20 < f < -5 for f in result["fitness"][0] + result["fitness"][1])
+    assert len(set(result["fitness"][0])) == 6 and result["spearman_rho"] is not None
+    assert -1.0 <= result["spearman_rho"] <= 1.0
+
+
 def test_fitness_signal_split_half() -> None:
     """The rank correlation on literal scorings: the same order, the reverse, and a tie."""
     split_half = load_script("fitness_signal").split_half
