@@ -20,7 +20,14 @@ from torch import Tensor, nn
 
 from gfo.errors import GfoError
 from gfo_llm.config import ENGINES
-from gfo_llm.decode import DecodeStats, greedy_decode, stop_length, stop_matcher
+from gfo_llm.decode import (
+    PREFILL_POSITIONS,
+    DecodeStats,
+    greedy_decode,
+    shared_prefix,
+    stop_length,
+    stop_matcher,
+)
 from gfo_llm.layers import Rows, install, uninstall
 from gfo_llm.spaces import Population, Space, SVDSpace
 
@@ -182,15 +189,23 @@ class PopulationGenerator:
 
     @torch.inference_mode()
     def log_likelihood(
-        self, vectors: Tensor, prompts: Sequence[str], completions: Sequence[str]
+        self,
+        vectors: Tensor,
+        prompts: Sequence[str],
+        completions: Sequence[str],
+        position_budget: int = PREFILL_POSITIONS,
     ) -> tuple[Tensor, Tensor]:
         """Teacher-forced log-probability of each completion after its prompt, for every candidate.
 
         Returns the summed log-probabilities of the completion tokens, float64 (P, B), and each
-        completion's token count (B,). One forward pass per chunk of `row_budget` rows; rows are
-        left-padded so that every completion ends in the last column and only the logits of the last
-        `longest completion + 1` positions are computed (the vocabulary is 49k wide).
+        completion's token count (B,). The prompts' common prefix (the chat template's system turn)
+        runs once per candidate and its KV cache is shared by the candidate's rows, as in the
+        continuous engine; the rest runs in forward passes of at most `row_budget` rows and about
+        `position_budget` padded positions, left-padded so that every completion ends in the last
+        column; only the logits of the last `longest completion + 1` positions are computed.
         """
+        from transformers import DynamicCache
+
         if not prompts or len(prompts) != len(completions):
             raise GfoError(
                 f"log_likelihood needs one completion per prompt; got {len(prompts)} prompt(s) and "
@@ -202,40 +217,68 @@ class PopulationGenerator:
         tails = self.tokenizer(list(completions), add_special_tokens=False)["input_ids"]
         if not all(heads) or not all(tails):
             raise GfoError("log_likelihood got an empty prompt or completion; every one needs a token")
-        width = max(len(h) + len(t) for h, t in zip(heads, tails, strict=True))
-        keep = max(map(len, tails))
-        ids = torch.full((n_prompts, width), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros(n_prompts, width, dtype=torch.long)
-        targets = torch.full((n_prompts, keep), -1, dtype=torch.long)  # -1: not a completion token
-        for i, (head, tail) in enumerate(zip(heads, tails, strict=True)):
-            ids[i, width - len(head) - len(tail) :] = torch.tensor(head + tail)
-            mask[i, width - len(head) - len(tail) :] = 1
-            targets[i, keep - len(tail) :] = torch.tensor(tail)
-        sums = torch.zeros(size, n_prompts, dtype=torch.float64)
         factors = self.space.factors if isinstance(self.space, SVDSpace) else {}
+        device = next(self.model.parameters()).device
+
+        def select(rows: Rows) -> None:
+            for name, layer in self.layers.items():
+                layer.select(name, population, rows, factors.get(name))
+
         try:
-            for c0, c1, p0, p1 in _plan(size, n_prompts, self.row_budget):
-                rows = Rows.blocked(c0, c1 - c0, p1 - p0)
-                for name, layer in self.layers.items():
-                    layer.select(name, population, rows, factors.get(name))
+            requests = [heads[p] for _ in range(size) for p in range(n_prompts)]  # candidate-major
+            shared = shared_prefix(
+                self.model,
+                requests,
+                [r // n_prompts for r in range(len(requests))],
+                lambda rows: select(Rows.of(torch.tensor([r // n_prompts for r in rows]))),
+                device,
+                DynamicCache,
+                DecodeStats(),
+            )
+            skip = shared.length if shared is not None else 0
+            width = max(len(h) + len(t) for h, t in zip(heads, tails, strict=True)) - skip
+            keep = max(map(len, tails))
+            ids = torch.full((n_prompts, width), self.tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros(n_prompts, width, dtype=torch.long)
+            targets = torch.full((n_prompts, keep), -1, dtype=torch.long)  # -1: not a completion token
+            for i, (head, tail) in enumerate(zip(heads, tails, strict=True)):
+                row = head[skip:] + tail
+                ids[i, width - len(row) :] = torch.tensor(row)
+                mask[i, width - len(row) :] = 1
+                targets[i, keep - len(tail) :] = torch.tensor(tail)
+            sums = torch.zeros(size, n_prompts, dtype=torch.float64)
+            budget = max(1, min(self.row_budget, position_budget // width))
+            for c0, c1, p0, p1 in _plan(size, n_prompts, budget):
                 n = c1 - c0
+                select(Rows.blocked(c0, n, p1 - p0))
                 chunk_ids, chunk_mask = _trim_left(ids[p0:p1], mask[p0:p1])
-                positions = (chunk_mask.cumsum(dim=1) - 1).clamp(min=0)
-                # The logit at position j predicts token j + 1: the last `keep` targets need the
-                # `keep + 1` last positions' logits, less the very last one.
+                positions = skip + (chunk_mask.cumsum(dim=1) - 1).clamp(min=0)
+                chunk_mask = chunk_mask.repeat(n, 1)
+                cache = None
+                if shared is not None:
+                    cache = shared.cache([c for c in range(c0, c1) for _ in range(p1 - p0)], DynamicCache)
+                    chunk_mask = torch.cat(
+                        [torch.ones(len(chunk_mask), skip, dtype=torch.long), chunk_mask], 1
+                    )
+                # The logit at position j predicts token j + 1: the last `last` targets need the
+                # `last + 1` last positions' logits, less the very last one. Every row keeps at least
+                # one prompt token before its completion, so no completion token is cut off.
+                last = min(keep, chunk_ids.shape[1] - 1)
                 logits = self.model(
-                    input_ids=chunk_ids.repeat(n, 1),
-                    attention_mask=chunk_mask.repeat(n, 1),
-                    position_ids=positions.repeat(n, 1),
-                    logits_to_keep=keep + 1,
+                    input_ids=chunk_ids.repeat(n, 1).to(device),
+                    attention_mask=chunk_mask.to(device),
+                    position_ids=positions.repeat(n, 1).to(device),
+                    past_key_values=cache,
+                    use_cache=cache is not None,
+                    logits_to_keep=last + 1,
                 ).logits[:, :-1]
-                chosen = targets[p0:p1].repeat(n, 1)
+                chosen = targets[p0:p1, keep - last :].repeat(n, 1).to(device)
                 logits = logits.float()
                 picked = logits.gather(-1, chosen.clamp(min=0).unsqueeze(-1)).squeeze(-1)
                 picked = picked - torch.logsumexp(logits, dim=-1)
                 # where(), not a product: padded positions of a short row may hold NaN logits.
                 picked = torch.where(chosen >= 0, picked, torch.zeros_like(picked))
-                sums[c0:c1, p0:p1] = picked.sum(dim=-1).view(n, p1 - p0).double()
+                sums[c0:c1, p0:p1] = picked.sum(dim=-1).view(n, p1 - p0).double().cpu()
         finally:
             for layer in self.layers.values():
                 layer.clear()

@@ -237,12 +237,15 @@ def test_exported_pissa_adapter_loads_on_the_original_model(
     assert greedy(tiny_lm[0], tokenizer, texts) != expected
 
 
-@pytest.mark.parametrize(("kind", "row_budget"), [("svd", 64), ("lora", 3)])
+@pytest.mark.parametrize(
+    ("kind", "row_budget", "positions"), [("svd", 64, 1024), ("lora", 3, 1024), ("svd", 64, 1)]
+)
 def test_log_likelihood_equals_peft_per_sequence(
-    tiny_lm_copy: tuple[Any, Any], kind: str, row_budget: int
+    tiny_lm_copy: tuple[Any, Any], kind: str, row_budget: int, positions: int
 ) -> None:
-    """Teacher-forced log-probabilities from one padded batched pass == each candidate's PEFT model
-    on each unpadded prompt + completion alone (fp32); row_budget 3 < B = 4 splits the prompts."""
+    """Teacher-forced log-probabilities from padded batched passes after a shared prefix == each
+    candidate's PEFT model on each unpadded prompt + completion alone (fp32); row_budget 3 < B = 4
+    splits the prompts, a position budget of 1 runs one row per pass."""
     model, tokenizer = tiny_lm_copy
     lora = init_lora(model, TARGETS, rank=4, method="pissa")
     reference_base = copy.deepcopy(model)
@@ -252,7 +255,7 @@ def test_log_likelihood_equals_peft_per_sequence(
     # Completions of different lengths, one a single token: rows end aligned, starts differ.
     answers = ["19", "Blue, like the sea and the sky.", "1 2 3 4 5", "Hello" + tokenizer.eos_token]
     sums, counts = PopulationGenerator(model, tokenizer, space, row_budget=row_budget).log_likelihood(
-        population, texts, answers
+        population, texts, answers, position_budget=positions
     )
     assert sums.shape == (3, 4) and sums.dtype == torch.float64
     for c in range(3):
