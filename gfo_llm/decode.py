@@ -8,7 +8,7 @@ rows x the longest row (the cost of one `generate` call per chunk).
 
 Rows of different prefill groups are joined by left-padding the shorter KV cache; position ids are
 explicit per row, so a row computes the same function wherever it sits in the batch. Only the last
-position's logits are computed (`logits_to_keep=1`): the full (rows, prompt, vocab) float32 logits
+position's logits are computed (`logits_to_keep`): the full (rows, prompt, vocab) float32 logits
 of a prefill were most of the old engine's peak memory.
 """
 
@@ -224,7 +224,7 @@ def shared_prefix(
         position_ids=torch.arange(length).expand(len(rows), -1).to(device),
         past_key_values=cache_class(),
         use_cache=True,
-        logits_to_keep=1,
+        logits_to_keep=last_position(ids.shape[1], device),
     )
     stats.prefill_calls += 1
     stats.prefill_positions += ids.numel()
@@ -266,12 +266,19 @@ def _prefill(
         position_ids=position.to(device),
         past_key_values=cache,
         use_cache=True,
-        logits_to_keep=1,
+        logits_to_keep=last_position(ids.shape[1], device),
     )
     stats.prefill_calls += 1
     stats.prefill_positions += ids.numel()
     token = out.logits[:, -1].argmax(-1).cpu()
     return _Batch(list(group), out.past_key_values, mask, position[:, -1] + 1, token)
+
+
+def last_position(width: int, device: torch.device) -> Tensor:
+    """`logits_to_keep` for the last of `width` positions, as an index: the model then gathers the
+    position into a contiguous tensor and projects it with one matrix product. With the count 1 the
+    strided slice made torch copy the vocabulary head once per row of a multi-token pass."""
+    return torch.tensor([width - 1], device=device)
 
 
 def _step(model: Any, batch: _Batch, select: Callable[[Sequence[int]], None], stats: DecodeStats) -> None:
