@@ -71,11 +71,7 @@ def score(problem: Any, vectors: torch.Tensor, examples: list[Any]) -> tuple[tor
 def likelihood(problem: Any, vectors: torch.Tensor, examples: list[Any]) -> torch.Tensor:
     """`problem.fitness=likelihood`'s fitness of every row of `vectors` on `examples`: the
     references' log-probability per token, pooled (what `LLMProblem` ranks a generation by)."""
-    from gfo_llm.problem import _NO_REFERENCES
-    from gfo_llm.task import reference_completion
-
-    eos = problem.tokenizer.eos_token
-    references = [reference_completion(problem.task, ex, eos, _NO_REFERENCES) for ex in examples]
+    references = problem.references(examples)
     sums, tokens = problem.engine.log_likelihood(vectors, problem.prompts(examples), references)
     return sums.sum(dim=1) / tokens.sum()
 

@@ -274,6 +274,11 @@ class LLMProblem(Problem):
             samples=samples,
         )
 
+    def references(self, examples: Sequence[Example]) -> list[str]:
+        """What `fitness=likelihood` scores: each example's reference completion plus EOS."""
+        eos = self.tokenizer.eos_token
+        return [reference_completion(self.task, ex, eos, _NO_REFERENCES) for ex in examples]
+
     def _likelihood(
         self, population: torch.Tensor, batch: Sequence[Example], prompts: Sequence[str]
     ) -> Evaluation:
@@ -283,9 +288,7 @@ class LLMProblem(Problem):
 
         engine = self.engine
         assert isinstance(engine, PopulationGenerator)  # LLMConfig refuses another backend
-        references = [
-            reference_completion(self.task, ex, self.tokenizer.eos_token, _NO_REFERENCES) for ex in batch
-        ]
+        references = self.references(batch)
         sums, tokens = engine.log_likelihood(population, prompts, references)
         fitness = sums.sum(dim=1) / tokens.sum()
         fitness[~torch.isfinite(population).all(dim=1)] = float("nan")

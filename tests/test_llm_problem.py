@@ -400,6 +400,7 @@ def test_likelihood_fitness_is_the_log_probability_per_reference_token(tiny_mode
     result = problem.evaluate(population, context)
     batch = problem.minibatch(context)
     references = [problem.task.reference(ex) + problem.tokenizer.eos_token for ex in batch]
+    assert problem.references(batch) == references
     assert all("####" in r for r in references)  # the arithmetic task's worked answers
     sums, tokens = problem.engine.log_likelihood(population[:3], problem.prompts(batch), references)
     assert result.fitness[:3].tolist() == pytest.approx((sums.sum(1) / tokens.sum()).tolist())
