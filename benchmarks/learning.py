@@ -1,14 +1,15 @@
 """The learning harness: one named recipe end to end, proved on fresh items with a paired test.
 
     python benchmarks/learning.py --recipe arithmetic --json runs/learning/arithmetic.json
-    python benchmarks/learning.py --recipe arithmetic --method grpo --json runs/learning/arith-grpo.json
-    python benchmarks/learning.py --recipe arithmetic --no-sft --set problem.stdev=0.5 --json FILE
+    python benchmarks/learning.py --recipe arithmetic --method grpo --completions 2048 --json FILE
+    python benchmarks/learning.py --recipe arithmetic-reward --no-sft --set problem.stdev=0.5 --json FILE
 
 Steps, each a real `gfo` command in a subprocess (printed, and stored in the JSON):
   1. `gfo sft` on the task's first `sft_limit` training items (skipped by `--no-sft`, and in recipes
      without a warm start unless `--sft`): the start;
   2. the search from that start: `gfo run` (ES, `--method es`) or `benchmarks/grpo_baseline.py`
-     (`--method grpo`) at the same number of training completions;
+     (`--method grpo`) at the same number of training completions (`--completions` where ES
+     scores reference answers instead, `problem.fitness=likelihood`);
   3. `gfo eval` of the base model, the start and the final adapter on `--items` FRESH items that no
      step saw or selected on: for generated tasks the test stream of another `problem.data_seed`,
      for GSM8K the test items after the ones the search's held-out evaluation used;
@@ -58,12 +59,28 @@ class Recipe:
 
 
 # SFT on worked references (one line per operation) gives the start; PGPE then searches the SVD
-# of that adapter (ESSA). Spread 0.1: the SFT adapter's singular values are 0.07 to 0.7.
-ARITHMETIC = Recipe(
+# of that adapter (ESSA). Spread 0.1: the SFT adapter's singular values are 0.07 to 0.7. The
+# exact-answer reward as fitness: sixteen runs from 64- to 1,024-item starts moved fresh accuracy
+# by -2.5 to +1.6 points (docs/learning.md, sessions 1 to 11); kept to rerun their commands.
+ARITHMETIC_REWARD = Recipe(
     task="arithmetic",
     generations=28,
     problem={"max_new_tokens": 64},
     search={"batch_size": 32, "eval_every": 5, "eval_limit": 64, "stdev": 0.1, "algo.max_speed": 0.3},
+)
+
+# The same search on the reference answers' log-probability (ES on the SFT loss, forward passes
+# only), from a 64-item SFT start (the answer format, few right sums: -0.615 nats per reference
+# token, where a 256-item SFT is at -0.229), 64 references a generation (where one generation's
+# ranking carries to other items, split-half rho +0.48; at 16 it is -0.03), 70 generations in the
+# 45-minute budget: 0.140 -> 0.224 on 487 fresh items, p = 2.5e-10 (run 25, session 12). 520 fresh
+# items: about 2.6% of them repeat a training sum and are dropped, which leaves 500 or more.
+ARITHMETIC = dataclasses.replace(
+    ARITHMETIC_REWARD,
+    generations=70,
+    sft_limit=64,
+    items=520,
+    search={**ARITHMETIC_REWARD.search, "fitness": "likelihood", "batch_size": 64, "eval_every": 10},
 )
 
 # One instruction, "no commas", from the base model (no warm start): a behaviour one direction of
@@ -97,6 +114,7 @@ GUARDED = dataclasses.replace(
 
 RECIPES = {
     "arithmetic": ARITHMETIC,
+    "arithmetic-reward": ARITHMETIC_REWARD,
     "no-comma": NO_COMMA,
     "guarded": GUARDED,
     # `make run`: the guarded recipe cut to 8 generations, scored on 300 fresh prompts, the held-out
@@ -167,6 +185,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="an existing warm-start adapter instead of running SFT (one that `gfo sft` made: its sft.json's"
         " training time counts in wall_s)",
     )
+    p.add_argument(
+        "--completions",
+        type=int,
+        default=None,
+        help="GRPO's training completions (default: the ES search's popsize x batch x generations; a"
+        " recipe with problem.fitness=likelihood scores references and generates none, so give it here)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--fresh",
@@ -200,7 +225,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     recipe = RECIPES[args.recipe]
     if args.fresh == "seed" and not recipe.generated:
         p.error(f"--fresh seed needs a generated task; {recipe.task} has no data_seed, use --fresh offset")
+    overrides = {
+        k.removeprefix("problem."): v for k, v in (o.split("=", 1) for o in args.overrides if "=" in o)
+    }
+    fitness = overrides.get("fitness", recipe.search.get("fitness", "reward"))
+    if args.method == "grpo" and fitness == "likelihood" and args.completions is None:
+        p.error(
+            f"the {args.recipe} recipe's ES scores reference answers and generates no completions, so GRPO"
+            " has no equal budget to take from it; give one with --completions N (e.g. 2048)"
+        )
+    if args.method == "es" and args.completions is not None:
+        p.error("--completions is GRPO's budget; ES's is --popsize x --set batch_size x --generations")
     return args
+
+
+def split_size(task: str, settings: dict[str, Any]) -> int | None:
+    """The test split's size of a generated task (`problem.test_size`), None for a task without one."""
+    from gfo.registry import PROBLEMS
+
+    defaults = {f.name: f.default for f in dataclasses.fields(PROBLEMS.get(task).Config)}
+    return int(settings.get("test_size", defaults["test_size"])) if "test_size" in defaults else None
 
 
 def as_text(value: Any) -> Any:
@@ -219,8 +263,12 @@ def sets(values: dict[str, Any]) -> list[str]:
 
 def grpo_settings(search: dict[str, Any]) -> dict[str, Any]:
     """The search settings (less `algo.*`) that the GRPO step takes: the problem's, not ES's own
-    spread and population batch, nor `run.*` (how `gfo run` keeps its adapter)."""
-    return {k: v for k, v in search.items() if k not in ("stdev", "batch_size") and not k.startswith("run.")}
+    spread, population batch or fitness (GRPO trains on the reward), nor `run.*` (how `gfo run`
+    keeps its adapter)."""
+    own = ("stdev", "batch_size", "fitness")
+    return {
+        k: v for k, v in search.items() if k.removeprefix("problem.") not in own and not k.startswith("run.")
+    }
 
 
 def run(command: list[str], log: list[dict[str, Any]]) -> float:
@@ -312,6 +360,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     common += sets(shape)
     by_seed = (args.fresh or recipe.fresh) == "seed"
     fresh = ["--set", f"problem.data_seed={FRESH_SEED}"] if by_seed else []
+    drawn = split_size(recipe.task, every)
+    if by_seed and drawn is not None and items > drawn:
+        # The fresh stream's first items are the same at any test_size: draw as many as asked.
+        fresh += ["--set", f"problem.test_size={items}"]
     offset = [] if by_seed else ["--offset", str(int(search.get("eval_limit", 64)))]
     scored: dict[str, Path] = {}
     eval_s = 0.0
@@ -375,7 +427,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     popsize = args.popsize or recipe.popsize
     generations = args.generations or recipe.generations
     batch = int(problem_sets.get("batch_size", 8))
-    budget = popsize * batch * generations
+    budget = args.completions or popsize * batch * generations
     if args.method == "es":
         command = [
             *gfo, "run", "--algo", algo, "--problem", recipe.task,

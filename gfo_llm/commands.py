@@ -96,6 +96,14 @@ def eval_(
                 name, settings, adapter=adapter, baseline=compare, split=split,  # type: ignore[arg-type]
                 limit=limit, offset=offset, out=out, progress=update,
             )  # fmt: skip
+    scored = result["compare"]["n"] if compare is not None else result["items"]
+    if limit is not None and scored < limit:
+        console.print(
+            f"note: --limit {limit}, but {name}'s {split} split has {scored} items past --offset {offset}; "
+            f"scored {scored} (a generated task draws more with --set problem.test_size={offset + limit})",
+            soft_wrap=True,
+            highlight=False,
+        )
     if compare is not None:
         for line in _compare_table(result, name, split):
             console.print(line, soft_wrap=True, highlight=False)

@@ -46,7 +46,7 @@ def test_learning_harness_end_to_end(tiny_model_dir: Path, tmp_path: Path, sft: 
         ("rank", 4),
     ):
         argv += ["--set", f"{key}={value}"]
-    argv += ["--set", "dtype=fp32"]
+    argv += ["--set", "dtype=fp32", "--task-set", "test_size=4"]  # fewer test items than --items
     result = harness().main(argv)
     saved = json.loads(out.read_text())
     assert saved == json.loads(json.dumps(result))
@@ -54,7 +54,11 @@ def test_learning_harness_end_to_end(tiny_model_dir: Path, tmp_path: Path, sft: 
                 "p_final_vs_base", "completions", "tokens", "wall_s", "sft_wall_s", "search_wall_s",
                 "peak_rss_mb", "adapter", "commit", "dtype", "cpu"):  # fmt: skip
         assert key in saved, key
-    assert saved["completions"] == 2 * 2 * 2  # popsize x batch x generations
+    # The arithmetic recipe's fitness is the reference answers' likelihood: it scores references
+    # (popsize x batch x generations of them) and generates no training completions.
+    assert saved["settings"]["search"]["fitness"] == "likelihood"
+    assert saved["completions"] is None and saved["scored_references"] == 2 * 2 * 2
+    assert saved["reference_tokens"] > saved["scored_references"]
     assert (saved["sft_wall_s"] > 0) == sft and Path(saved["adapter"], "adapter_config.json").is_file()
     # The adapter's shape (rank, target_modules) goes to the SFT step too: the search starts from it.
     if sft:
@@ -66,7 +70,11 @@ def test_learning_harness_end_to_end(tiny_model_dir: Path, tmp_path: Path, sft: 
     # The figures are the paired statistics of the per-item files the evals wrote, on the items
     # that are in neither split of the training stream.
     module, runs = harness(), out.with_suffix("")
-    assert saved["settings"]["problem"] == {"max_new_tokens": 64, "model": str(tiny_model_dir)}
+    assert saved["settings"]["problem"] == {
+        "max_new_tokens": 64,
+        "model": str(tiny_model_dir),
+        "test_size": "4",
+    }
     keep = module.unseen("arithmetic", runs / "eval-final", saved["settings"]["problem"])
     final = module.correct(runs / "eval-final", keep)
     start = module.correct(runs / ("eval-start" if sft else "eval-base"), keep)
@@ -75,6 +83,9 @@ def test_learning_harness_end_to_end(tiny_model_dir: Path, tmp_path: Path, sft: 
     # Fresh items: another data_seed than the search's, whose prompts differ.
     fresh = [r["example"] for r in module.records(runs / "eval-final")]
     assert len(fresh) == 6 and fresh[0] != fresh[1]
+    # The fresh stream draws --items 6 where every other step's test split has 4.
+    evals = [step["command"] for step in saved["steps"] if " eval " in step["command"]]
+    assert len(evals) == 3 and all(c.endswith("problem.test_size=6") or "test_size=6 " in c for c in evals)
     assert out.with_suffix(".png").is_file() and saved["heldout_curve"][0]["completions"] == 0.0
 
     if sft:
@@ -158,6 +169,18 @@ def test_task_sets_reach_every_step(tiny_model_dir: Path, tmp_path: Path) -> Non
             ["--recipe", "gsm8k", "--fresh", "seed"],
             "--fresh seed needs a generated task; gsm8k has no data_seed",
         ),
+        (
+            ["--recipe", "arithmetic", "--method", "grpo"],
+            "generates no completions, so GRPO has no equal budget to take from it; give one with",
+        ),
+        (
+            ["--recipe", "arithmetic-reward", "--method", "grpo", "--set", "problem.fitness=likelihood"],
+            "give one with --completions N",
+        ),
+        (
+            ["--recipe", "arithmetic", "--completions", "64"],
+            "--completions is GRPO's budget; ES's is --popsize x --set batch_size x --generations",
+        ),
     ],
 )
 def test_bad_harness_arguments(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -210,7 +233,10 @@ def test_every_recipe_is_a_valid_problem_config(name: str) -> None:
     grpo = load_script("grpo_baseline")
     settings = {k: v for k, v in recipe.search.items() if not k.startswith("algo.")}
     overrides = module.sets({**recipe.problem, **module.grpo_settings(settings)})[1::2]
-    assert grpo.problem_config(recipe.task, overrides).max_new_tokens == recipe.problem["max_new_tokens"]
+    grpo_config = grpo.problem_config(recipe.task, overrides)
+    assert grpo_config.max_new_tokens == recipe.problem["max_new_tokens"]
+    assert grpo_config.fitness == "reward"  # GRPO trains on the reward whatever ES's fitness is
+    assert (config.fitness == "likelihood") == (name == "arithmetic")
     if recipe.fresh == "offset" and recipe.generated:
         # fresh items past the selection items must exist in the test split
         assert config.test_size >= config.eval_limit + recipe.items
@@ -254,7 +280,16 @@ def test_another_algorithm_drops_the_recipes_algo_settings(tiny_model_dir: Path,
     """A recipe's `algo.*` settings are its own algorithm's (PGPE's ClipUp speed), which `gfo run` refuses
     for another: with `--algo snes` they are dropped, and the caller's `--set algo.*` still applies."""
     out = tmp_path / "snes.json"
-    argv = ["--recipe", "arithmetic", "--json", str(out), "--model", str(tiny_model_dir), "--items", "2"]
+    argv = [
+        "--recipe",
+        "arithmetic-reward",
+        "--json",
+        str(out),
+        "--model",
+        str(tiny_model_dir),
+        "--items",
+        "2",
+    ]
     argv += ["--no-sft", "--algo", "snes", "--generations", "1", "--popsize", "2", "--eval-cache", ""]
     for key, value in (
         ("batch_size", 2),

@@ -198,6 +198,27 @@ def test_eval_library_chunks_give_the_same_result(
     assert (result["mean_reward"], result["accuracy"]) == (whole["mean_reward"], whole["accuracy"])
 
 
+def test_eval_says_when_the_split_has_fewer_items_than_the_limit(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A --limit past the split's end scores what there is and says so, with the setting that draws
+    more: the learning harness asks for 520 fresh arithmetic items from a 500-item split."""
+    common = ("--set", f"problem.model={tiny_model_dir}", *[a for s in TINY for a in ("--set", s)])
+    code, err = gfo(
+        "eval", "--problem", "arithmetic", "--limit", "5", "--offset", "1", "--out", str(tmp_path / "e"),
+        "--quiet", "--set", "problem.test_size=3", *common,
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads((tmp_path / "e" / "eval.json").read_text())["items"] == 2
+    note = "note: --limit 5, but arithmetic's test split has 2 items past --offset 1; scored 2"
+    assert note in err and "--set problem.test_size=6" in err
+    code, err = gfo(
+        "eval", "--problem", "arithmetic", "--limit", "2", "--out", str(tmp_path / "f"), "--quiet",
+        "--set", "problem.test_size=3", *common,
+    )  # fmt: skip
+    assert code == 0 and "note:" not in err
+
+
 def test_eval_reports_the_mean_reward_and_the_accuracy_each_by_its_name(
     run_and_evals: dict[str, Path],
 ) -> None:
