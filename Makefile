@@ -30,7 +30,7 @@ run: $(STAMP)
 run-bench: $(STAMP)
 	$(BIN)/gfo run --algo sep-cmaes --problem ellipsoid --set problem.dim=30 --generations 800 --out runs/ellipsoid --force
 
-# The fast suite on TEST_WORKERS processes (pytest-xdist): 4.4 min on 2 cores (1,079 tests, session 11; pytest alone: 4 min 26 s).
+# The fast suite on TEST_WORKERS processes (pytest-xdist): 4.4 min on 2 cores (1,084 tests, session 12; pytest alone: 4 min 21 s).
 TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BIN)/ruff check gfo gfo_llm problems tests benchmarks
