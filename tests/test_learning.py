@@ -85,7 +85,7 @@ def test_learning_harness_end_to_end(tiny_model_dir: Path, tmp_path: Path, sft: 
     assert len(fresh) == 6 and fresh[0] != fresh[1]
     # The fresh stream draws --items 6 where every other step's test split has 4.
     evals = [step["command"] for step in saved["steps"] if " eval " in step["command"]]
-    assert len(evals) == 3 and all(c.endswith("problem.test_size=6") or "test_size=6 " in c for c in evals)
+    assert len(evals) == 3 and all("problem.test_size=6" in c.split() for c in evals)
     assert out.with_suffix(".png").is_file() and saved["heldout_curve"][0]["completions"] == 0.0
 
     if sft:
@@ -280,16 +280,8 @@ def test_another_algorithm_drops_the_recipes_algo_settings(tiny_model_dir: Path,
     """A recipe's `algo.*` settings are its own algorithm's (PGPE's ClipUp speed), which `gfo run` refuses
     for another: with `--algo snes` they are dropped, and the caller's `--set algo.*` still applies."""
     out = tmp_path / "snes.json"
-    argv = [
-        "--recipe",
-        "arithmetic-reward",
-        "--json",
-        str(out),
-        "--model",
-        str(tiny_model_dir),
-        "--items",
-        "2",
-    ]
+    argv = ["--recipe", "arithmetic-reward", "--json", str(out), "--model", str(tiny_model_dir)]
+    argv += ["--items", "2"]
     argv += ["--no-sft", "--algo", "snes", "--generations", "1", "--popsize", "2", "--eval-cache", ""]
     for key, value in (
         ("batch_size", 2),
