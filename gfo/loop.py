@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 #: Keys of a metrics.jsonl line that differ between two runs of the same search: times and memory.
-VOLATILE = frozenset({"wall_s", "eval_s", "rss_mb", "peak_rss_mb"})
+VOLATILE = frozenset({"wall_s", "eval_s", "rss_mb", "peak_rss_mb", "gpu_mb", "peak_gpu_mb"})
 
 
 class Evaluator(Protocol):

@@ -174,7 +174,7 @@ def write_results(
         "counters": state.counters,
         "changes": state.changes,
         "exported": str(exported.relative_to(out)) if exported else None,
-        "peak_rss_mb": memory_mb()["peak_rss_mb"],
+        **{k: v for k, v in memory_mb().items() if k.startswith("peak_")},
         **problem.describe(),
     }
     checkpoint.atomic_write(out / "summary.json", (strictjson.dumps(summary, indent=2) + "\n").encode())
@@ -211,8 +211,15 @@ def truncate_metrics(path: Path, generation: int) -> None:
 
 
 def memory_mb() -> dict[str, float]:
-    """Resident memory now (`rss_mb`) and the process's peak so far (`peak_rss_mb`), in MiB."""
+    """Resident memory now (`rss_mb`) and the process's peak so far (`peak_rss_mb`), in MiB; where
+    this process has used CUDA, also the GPU memory its tensors hold now (`gpu_mb`) and at most so
+    far (`peak_gpu_mb`, `torch.cuda.max_memory_allocated`), summed over its devices."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     peak_mb = peak / 2**20 if sys.platform == "darwin" else peak / 1024
     rss_mb = psutil.Process().memory_info().rss / 2**20
-    return {"rss_mb": round(rss_mb, 1), "peak_rss_mb": round(max(peak_mb, rss_mb), 1)}  # ru_maxrss may lag
+    memory = {"rss_mb": round(rss_mb, 1), "peak_rss_mb": round(max(peak_mb, rss_mb), 1)}  # ru_maxrss may lag
+    if torch.cuda.is_initialized():
+        devices = range(torch.cuda.device_count())
+        memory["gpu_mb"] = round(sum(torch.cuda.memory_allocated(d) for d in devices) / 2**20, 1)
+        memory["peak_gpu_mb"] = round(sum(torch.cuda.max_memory_allocated(d) for d in devices) / 2**20, 1)
+    return memory

@@ -224,8 +224,9 @@ def save_peft_adapter(
             setattr(config, key, sorted(value))
     tensors: dict[str, Tensor] = {}
     for name, (a, b) in weights.items():
-        tensors[f"base_model.model.{name}.lora_A.weight"] = a.detach().to(torch.float32).contiguous()
-        tensors[f"base_model.model.{name}.lora_B.weight"] = b.detach().to(torch.float32).contiguous()
+        # CPU copies: a factor computed on a GPU is written like any other.
+        tensors[f"base_model.model.{name}.lora_A.weight"] = a.detach().to("cpu", torch.float32).contiguous()
+        tensors[f"base_model.model.{name}.lora_B.weight"] = b.detach().to("cpu", torch.float32).contiguous()
 
     target = Path(path).expanduser()
     target.parent.mkdir(parents=True, exist_ok=True)

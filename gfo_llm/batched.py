@@ -10,10 +10,14 @@ of the same number of rows.
 
 from __future__ import annotations
 
+import dataclasses
+import gc
+import logging
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -29,7 +33,17 @@ from gfo_llm.decode import (
     stop_matcher,
 )
 from gfo_llm.layers import Rows, install, uninstall
-from gfo_llm.spaces import Population, Space, SVDSpace
+from gfo_llm.spaces import LoRAPopulation, LoRASpace, Population, Space, SVDFactors, SVDPopulation, SVDSpace
+
+# Rows in flight on a CPU: a 2-core CPU gains little past 64 (docs/performance.md).
+CPU_ROW_BUDGET = 64
+# On CUDA: the share of free memory the rows' KV caches may take, and a ceiling past which a decode
+# step is compute-bound anyway (vLLM's default max_num_seqs is 256 to 1024).
+GPU_MEMORY_SHARE = 0.8
+GPU_MAX_ROWS = 1024
+
+_log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -75,28 +89,85 @@ class PopulationGenerator:
 
     `model` must already carry the space's base weights (after `init_lora`, the PiSSA residual):
     the generator wraps the space's modules in place and owns the model from then on (`close()`
-    restores plain linear layers). `engine="continuous"` (default) runs every row through one
+    restores plain linear layers). It runs where the model's parameters are (CPU or a CUDA device):
+    the shared factors are copied there once, each call's population once, and the KV cache,
+    masks and positions live there. `engine="continuous"` (default) runs every row through one
     continuous-batching decode loop of at most `row_budget` rows in flight (`gfo_llm.decode`);
     `engine="hf"`, the reference, hands chunks of at most `row_budget` rows to `model.generate`
     (a chunk holds whole candidates when `row_budget >= B`, otherwise one candidate and a slice of
     the prompts) and runs each chunk until its longest row stops.
+
+    `row_budget=None` sizes it for the device: `CPU_ROW_BUDGET` on a CPU; on CUDA, per call, as many
+    rows as the free memory holds (`gpu_row_budget`). A CUDA out-of-memory error halves the rows in
+    flight and runs the call again, so no call is lost; the smaller size then holds for later calls.
     """
 
     def __init__(
-        self, model: nn.Module, tokenizer: Any, space: Space, row_budget: int = 64, engine: str = "continuous"
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        space: Space,
+        row_budget: int | None = CPU_ROW_BUDGET,
+        engine: str = "continuous",
     ) -> None:
-        if row_budget < 1:
-            raise GfoError(f"row_budget must be >= 1; got {row_budget}, use e.g. 64")
+        if row_budget is not None and row_budget < 1:
+            raise GfoError(f"row_budget must be >= 1; got {row_budget}, use e.g. 64 or None (by device)")
         if engine not in ENGINES:
             raise GfoError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
         self.model: Any = model  # a transformers causal LM (`generate`)
         self.tokenizer = tokenizer
         self.space = space
-        self.row_budget = row_budget
+        self.device = next(model.parameters()).device
+        self.requested_budget = row_budget
+        self.row_budget = row_budget or CPU_ROW_BUDGET  # the rows in flight of the last call
         self.engine = engine
         self.layers = install(model, space.modules)
         self._eos = eos_ids(model, tokenizer)
+        self._ceiling: int | None = None  # after an out-of-memory error: at most this many rows
+        self._factors: dict[str, SVDFactors] = {}
+        if isinstance(space, SVDSpace):  # the frozen factors, copied to the device once
+            self._factors = {name: _factors_on(f, self.device) for name, f in space.factors.items()}
         self.last_stats: DecodeStats | None = None  # the continuous engine's counts of the last call
+
+    def budget(self, longest: int) -> int:
+        """The rows in flight for a call whose rows reach `longest` positions (prompt + new tokens)."""
+        if self.requested_budget is not None:
+            budget = self.requested_budget
+        elif self.device.type == "cuda":
+            budget = gpu_row_budget(self.model, self.space, longest, self.device)
+        else:
+            budget = CPU_ROW_BUDGET
+        if self._ceiling is not None:
+            budget = min(budget, self._ceiling)
+        if budget != self.row_budget:
+            _log.info(
+                "population engine: %d rows in flight on %s (rows of %d positions)",
+                budget,
+                self.device,
+                longest,
+            )
+        self.row_budget = budget
+        return budget
+
+    def _retrying(self, call: Callable[[], _T]) -> _T:
+        """`call()`, again with half the rows in flight after each CUDA out-of-memory error."""
+        while True:
+            try:
+                return call()
+            except torch.OutOfMemoryError:
+                if self.row_budget <= 1:
+                    raise
+                self._ceiling = max(1, self.row_budget // 2)
+                for layer in self.layers.values():
+                    layer.clear()
+                gc.collect()
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                warnings.warn(
+                    f"out of memory on {self.device} with {self.row_budget} rows in flight; running the call "
+                    f"again with {self._ceiling} (set problem.row_budget to choose)",
+                    stacklevel=3,
+                )
 
     @torch.inference_mode()
     def generate(
@@ -111,8 +182,13 @@ class PopulationGenerator:
             raise GfoError("prompts is empty; pass at least one prompt")
         if max_new_tokens < 1:
             raise GfoError(f"max_new_tokens must be >= 1; got {max_new_tokens}")
+        return self._retrying(lambda: self._generate(vectors, prompts, max_new_tokens, stop))
+
+    def _generate(
+        self, vectors: Tensor, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str]
+    ) -> GenerationResult:
         start_time = time.perf_counter()
-        population = self.space.population(vectors)
+        population = self._population(vectors)
         if self.engine == "continuous":
             return self._continuous(population, prompts, max_new_tokens, stop, start_time)
         size, n_prompts = population.size, len(prompts)
@@ -121,9 +197,10 @@ class PopulationGenerator:
         completions = [[""] * n_prompts for _ in range(size)]
         num_tokens = [[0] * n_prompts for _ in range(size)]
         finished = [[False] * n_prompts for _ in range(size)]
-        factors = self.space.factors if isinstance(self.space, SVDSpace) else {}
+        factors = self._factors
+        budget = self.budget(encoded["input_ids"].shape[1] + max_new_tokens)
         try:
-            for c0, c1, p0, p1 in _plan(size, n_prompts, self.row_budget):
+            for c0, c1, p0, p1 in _plan(size, n_prompts, budget):
                 rows = Rows.blocked(c0, c1 - c0, p1 - p0)
                 for name, layer in self.layers.items():
                     layer.select(name, population, rows, factors.get(name))
@@ -148,10 +225,46 @@ class PopulationGenerator:
         start_time: float,
     ) -> GenerationResult:
         """All candidates x prompts through one continuous-batching decode loop (`gfo_llm.decode`)."""
-        size, n_prompts = population.size, len(prompts)
         encoded = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-        requests = [encoded[p] for _ in range(size) for p in range(n_prompts)]  # candidate-major
-        factors = self.space.factors if isinstance(self.space, SVDSpace) else {}
+        matcher = stop_matcher(stop, self.tokenizer)
+        tokens, done, _ = self._decode(population, encoded, max_new_tokens, matcher)
+        texts = [self.tokenizer.batch_decode(rows, skip_special_tokens=True) for rows in tokens]
+        return GenerationResult(
+            texts,
+            [[len(row) for row in rows] for rows in tokens],
+            done,
+            time.perf_counter() - start_time,
+        )
+
+    @torch.inference_mode()
+    def generate_ids(
+        self,
+        vectors: Tensor,
+        prompt_ids: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        stop: Callable[[list[int]], bool] | None = None,
+    ) -> tuple[list[list[list[int]]], list[list[bool]], DecodeStats]:
+        """`generate` on token ids, no tokenizer involved: each candidate's greedy tokens on each prompt,
+        [candidate][prompt], up to and including the stop token, whether the row stopped before
+        the cap, and the decode loop's statistics. Always the continuous engine."""
+        if not prompt_ids or not all(prompt_ids):
+            raise GfoError("prompt_ids is empty or holds an empty prompt; pass at least one token per prompt")
+        if max_new_tokens < 1:
+            raise GfoError(f"max_new_tokens must be >= 1; got {max_new_tokens}")
+        return self._retrying(
+            lambda: self._decode(self._population(vectors), prompt_ids, max_new_tokens, stop)
+        )
+
+    def _decode(
+        self,
+        population: Population,
+        prompt_ids: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        stop: Callable[[list[int]], bool] | None,
+    ) -> tuple[list[list[list[int]]], list[list[bool]], DecodeStats]:
+        size, n_prompts = population.size, len(prompt_ids)
+        requests = [prompt_ids[p] for _ in range(size) for p in range(n_prompts)]  # candidate-major
+        factors = self._factors
         routed: list[tuple[int, ...]] = [()]
 
         def select(rows: Sequence[int]) -> None:
@@ -170,22 +283,16 @@ class PopulationGenerator:
                 select=select,
                 eos=self._eos,
                 max_new_tokens=max_new_tokens,
-                row_budget=self.row_budget,
-                stop=stop_matcher(stop, self.tokenizer),
+                row_budget=self.budget(max(map(len, prompt_ids)) + max_new_tokens),
+                stop=stop,
                 groups=[r // n_prompts for r in range(len(requests))],
             )
         finally:
             for layer in self.layers.values():
                 layer.clear()
         self.last_stats = stats
-        texts = self.tokenizer.batch_decode(tokens, skip_special_tokens=True)
         grid = [range(c * n_prompts, (c + 1) * n_prompts) for c in range(size)]
-        return GenerationResult(
-            [[texts[r] for r in rows] for rows in grid],
-            [[len(tokens[r]) for r in rows] for rows in grid],
-            [[done[r] for r in rows] for rows in grid],
-            time.perf_counter() - start_time,
-        )
+        return [[tokens[r] for r in rows] for rows in grid], [[done[r] for r in rows] for rows in grid], stats
 
     @torch.inference_mode()
     def log_likelihood(
@@ -204,21 +311,26 @@ class PopulationGenerator:
         `position_budget` padded positions, left-padded so that every completion ends in the last
         column; only the logits of the last `longest completion + 1` positions are computed.
         """
-        from transformers import DynamicCache
-
         if not prompts or len(prompts) != len(completions):
             raise GfoError(
                 f"log_likelihood needs one completion per prompt; got {len(prompts)} prompt(s) and "
                 f"{len(completions)} completion(s)"
             )
-        population = self.space.population(vectors)
+        return self._retrying(lambda: self._log_likelihood(vectors, prompts, completions, position_budget))
+
+    def _log_likelihood(
+        self, vectors: Tensor, prompts: Sequence[str], completions: Sequence[str], position_budget: int
+    ) -> tuple[Tensor, Tensor]:
+        from transformers import DynamicCache
+
+        population = self._population(vectors)
         size, n_prompts = population.size, len(prompts)
         heads = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
         tails = self.tokenizer(list(completions), add_special_tokens=False)["input_ids"]
         if not all(heads) or not all(tails):
             raise GfoError("log_likelihood got an empty prompt or completion; every one needs a token")
-        factors = self.space.factors if isinstance(self.space, SVDSpace) else {}
-        device = next(self.model.parameters()).device
+        factors = self._factors
+        device = self.device
 
         def select(rows: Rows) -> None:
             for name, layer in self.layers.items():
@@ -247,7 +359,7 @@ class PopulationGenerator:
                 mask[i, width - len(row) :] = 1
                 targets[i, keep - len(tail) :] = torch.tensor(tail)
             sums = torch.zeros(size, n_prompts, dtype=torch.float64)
-            budget = max(1, min(self.row_budget, position_budget // width))
+            budget = max(1, min(self.budget(skip + width), position_budget // width))
             for c0, c1, p0, p1 in _plan(size, n_prompts, budget):
                 n = c1 - c0
                 select(Rows.blocked(c0, n, p1 - p0))
@@ -289,6 +401,10 @@ class PopulationGenerator:
                 layer.clear()
         return sums, torch.tensor([len(t) for t in tails], dtype=torch.float64)
 
+    def _population(self, vectors: Tensor) -> Population:
+        population = self.space.population(vectors)
+        return population if self.device.type == "cpu" else _population_on(population, self.device)
+
     def close(self) -> None:
         """Restore the model's plain linear layers (the base weights stay as they are); idempotent."""
         if self.layers:
@@ -308,7 +424,9 @@ class PopulationGenerator:
             pad_token_id=self.tokenizer.pad_token_id,
             eos_token_id=self._eos,
         )
-        out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+        out = self.model.generate(
+            input_ids=ids.to(self.device), attention_mask=mask.to(self.device), generation_config=config
+        ).cpu()
         texts, counts, finished = decode_rows(self.tokenizer, out[:, ids.shape[1] :], self._eos)
         if stop is not None:  # the decode loop's rule after the fact: cut at the shortest match
             for row, generated in enumerate(out[:, ids.shape[1] :].tolist()):
@@ -367,3 +485,52 @@ def _trim_left(ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     """Drop columns that are padding in every row (a slice of a left-padded batch)."""
     first = int(mask.any(dim=0).nonzero()[0])
     return ids[:, first:], mask[:, first:]
+
+
+def gpu_row_budget(model: nn.Module, space: Space, longest: int, device: torch.device) -> int:
+    """The rows in flight that fit the CUDA device's free memory (`rows_that_fit`); what torch's
+    allocator holds but no tensor uses counts as free."""
+    free, _ = torch.cuda.mem_get_info(device)
+    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return rows_that_fit(free, model, space, longest)
+
+
+def rows_that_fit(free_bytes: int, model: nn.Module, space: Space, longest: int) -> int:
+    """Rows whose memory fits `GPU_MEMORY_SHARE` of `free_bytes`, between 1 and `GPU_MAX_ROWS`.
+
+    A row costs its KV cache at `longest` positions twice over (joining and shrinking the batch
+    copy the cache), one position's logits in float32 twice (the logits and their argmax input),
+    and in the lora space its candidate's factors in float32 (a row's own copy once the batch mixes
+    candidates). A prefill's activations are bounded by `PREFILL_POSITIONS`, not by the rows.
+    """
+    config: Any = getattr(model, "config", None)
+    config = getattr(config, "text_config", None) or config
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    element = next(model.parameters()).element_size()
+    kv = 2 * config.num_hidden_layers * kv_heads * head_dim * element * longest
+    per_row = 2 * kv + 2 * 4 * config.vocab_size
+    if isinstance(space, LoRASpace):
+        per_row += 4 * space.dim
+    return max(1, min(GPU_MAX_ROWS, int(GPU_MEMORY_SHARE * free_bytes // per_row)))
+
+
+def _factors_on(factors: SVDFactors, device: torch.device) -> SVDFactors:
+    return dataclasses.replace(
+        factors, v_a=factors.v_a.to(device), m=factors.m.to(device), u_b=factors.u_b.to(device)
+    )
+
+
+def _population_on(population: Population, device: torch.device) -> Population:
+    if isinstance(population, SVDPopulation):
+        return SVDPopulation(
+            {k: v.to(device) for k, v in population.scales_a.items()},
+            {k: v.to(device) for k, v in population.scales_b.items()},
+            population.size,
+        )
+    return LoRAPopulation(
+        {k: v.to(device) for k, v in population.a.items()},
+        {k: v.to(device) for k, v in population.b.items()},
+        population.size,
+    )

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 from gfo.config import check_spread
 from gfo.errors import ConfigError
+
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 # The choice fields: `Literal` types, so that mypy checks the code's values and `gfo.config.convert`
 # the user's (one line naming the choices); the tuples are the same choices for the checks below.
@@ -35,6 +38,13 @@ class LLMConfig:
         default=None,
         metadata={
             "help": "hub id, local model directory or .gguf file; default: bundled SmolLM2-135M-Instruct"
+        },
+    )
+    device: str = field(
+        default="auto",
+        metadata={
+            "help": "auto (the first CUDA device where torch sees one, else the CPU), cpu, cuda or cuda:N: "
+            "where the model, the population engine and its KV cache run"
         },
     )
     dtype: Dtype = field(
@@ -84,9 +94,12 @@ class LLMConfig:
     )
     eval_limit: int = field(default=64, metadata={"help": "held-out items evaluated"})
     eval_split: str = field(default="test", metadata={"help": "split used for held-out evaluation"})
-    row_budget: int = field(
-        default=64,
-        metadata={"help": "max rows (candidates x prompts) in flight at once (hf engine: per generate call)"},
+    row_budget: int | None = field(
+        default=None,
+        metadata={
+            "help": "max rows (candidates x prompts) in flight at once (hf engine: per generate call); "
+            "none: 64 on the CPU, on CUDA as many as the free memory holds (KV cache per row)"
+        },
     )
     engine: EngineKind = field(
         default="continuous",
@@ -158,9 +171,15 @@ class LLMConfig:
             raise ConfigError(f"problem.rank must be >= 1; got {self.rank}, use e.g. 8")
         if not 0.0 < self.alpha <= 1.0:
             raise ConfigError(f"problem.alpha must be in (0, 1]; got {self.alpha}, use 1.0 to search all")
-        for name in ("batch_size", "max_new_tokens", "eval_limit", "row_budget"):
+        for name in ("batch_size", "max_new_tokens", "eval_limit"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"problem.{name} must be >= 1; got {getattr(self, name)}")
+        if self.row_budget is not None and self.row_budget < 1:
+            raise ConfigError(
+                f"problem.row_budget must be >= 1; got {self.row_budget}, or none (sized for the device)"
+            )
+        if not _DEVICE.fullmatch(self.device.strip().lower()):
+            raise ConfigError(f"problem.device must be auto, cpu, cuda or cuda:N; got {self.device!r}")
         if self.eval_every < 0:
             raise ConfigError(f"problem.eval_every must be >= 0 (0 disables); got {self.eval_every}")
         check_spread("problem.stdev", self.stdev)

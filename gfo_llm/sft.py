@@ -139,11 +139,14 @@ def sft(
     from transformers import PrinterCallback, TrainerCallback, set_seed
     from trl import SFTConfig, SFTTrainer
 
-    from gfo_llm.model import load_model, model_id
+    from gfo_llm.model import load_model, model_id, resolve_device
 
     task = task_for(problem_name, config)
+    device = resolve_device(config.device)
     started = time.perf_counter()
-    model, tokenizer = load_model(config.model, "fp32", config.cache_dir)
+    model, tokenizer = load_model(config.model, "fp32", config.cache_dir, str(device))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # the Trainer trains on the current CUDA device
     base_id = model_id(model)
     prompts, completions = training_pairs(task, tokenizer, config, settings.limit)
     import datasets
@@ -193,6 +196,7 @@ def sft(
             report_to="none",
             disable_tqdm=True,
             dataloader_pin_memory=False,
+            use_cpu=device.type == "cpu",  # else the Trainer would move the model to a GPU it sees
         )
         set_seed(settings.seed)  # SFTTrainer initializes the LoRA before Trainer seeds anything
         trainer = SFTTrainer(
@@ -226,6 +230,7 @@ def sft(
         "losses": losses,
         "settings": asdict(settings),
         "system_prompt": config.system_prompt,
+        "device": str(device),
         "wall_s": round(time.perf_counter() - started, 3),
     }
     atomic_write(out / RESULT, (strictjson.dumps(summary, indent=2) + "\n").encode())

@@ -246,3 +246,24 @@ def every_written_file_is_strict_json(out: Path) -> int:
             except ValueError as exc:
                 raise AssertionError(f"{path.relative_to(out)}:{i + 1}: {exc}") from None
     return len(files)
+
+
+def gfo(*args: str) -> tuple[int, str]:
+    """Run `gfo ARGS` through the entry point function, in this process: (exit code, stderr)."""
+    import contextlib
+    import io
+
+    from gfo.cli import main
+
+    err = io.StringIO()
+    argv = sys.argv
+    sys.argv = ["gfo", *args]
+    try:
+        with contextlib.redirect_stderr(err):
+            main()
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    finally:
+        sys.argv = argv
+    return code, err.getvalue()

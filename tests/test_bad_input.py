@@ -342,6 +342,11 @@ CASES = [
         "error: problem.dtype must be one of auto, bf16, fp32, fp16; got 'bf61'; did you mean 'bf16'?",
     ),
     Case(
+        "a device that is not one",
+        "run --algo pgpe --problem arithmetic --set problem.device=gpu",
+        "error: problem.device must be auto, cpu, cuda or cuda:N; got 'gpu'",
+    ),
+    Case(
         "reward time limit of 0",
         "run --algo pgpe --problem arithmetic --set problem.reward_timeout_s=0",
         "error: problem.reward_timeout_s must be a number of seconds > 0; got 0.0, use e.g. 60, "

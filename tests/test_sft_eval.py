@@ -6,18 +6,15 @@ the ORIGINAL model directory: an exported adapter must give the completions the 
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 import torch
+from conftest import gfo
 
-from gfo.cli import main
 from gfo.registry import PROBLEMS
 from gfo.stats import mcnemar_exact, wilson_interval
 from gfo_llm.evaluate import adapter_settings, evaluate
@@ -63,22 +60,6 @@ def _restore_grad_mode() -> Iterator[None]:
     enabled = torch.is_grad_enabled()  # LLMProblem.prepare switches autograd off process-wide
     yield
     torch.set_grad_enabled(enabled)
-
-
-def gfo(*args: str) -> tuple[int, str]:
-    """Run `gfo ARGS` through the entry point function, in this process: (exit code, stderr)."""
-    err = io.StringIO()
-    argv = sys.argv
-    sys.argv = ["gfo", *args]
-    try:
-        with contextlib.redirect_stderr(err):
-            main()
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    finally:
-        sys.argv = argv
-    return code, err.getvalue()
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
