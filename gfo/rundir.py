@@ -143,7 +143,7 @@ def write_results(
 
     `run.select=heldout`: with held-out scores, the best on held-out data is kept (ESSA's "keep the
     best on validation"); otherwise the best candidate ever evaluated. `run.select=center`: the
-    search's final centre, `center` (a small selection set picks noise: docs/learning.md)."""
+    search's final centre, `center` (a small selection set picks noise: docs/lab/learning.md)."""
     use_heldout = state.heldout_solution is not None
     final = state.heldout_solution if use_heldout else state.best_solution
     selected_by = "heldout" if use_heldout else "best_so_far"

@@ -74,7 +74,7 @@ class LLMConfig:
         default=0.25,
         metadata={
             "help": "initial search spread, in singular-value units for svd (algo.stdev_init wins); "
-            "0.25 makes most greedy completions of the bundled model change (docs/learning.md)"
+            "0.25 makes most greedy completions of the bundled model change (docs/lab/learning.md)"
         },
     )
     batch_size: int = field(
