@@ -14,6 +14,7 @@ import typer
 
 from gfo.cli import ProblemOpt
 from gfo.errors import GfoError
+from gfo_llm.extras import require
 
 ProblemConfigOpt = Annotated[
     Path | None, typer.Option("--config", help="TOML file (e.g. RUN/config.toml); uses its problem section")
@@ -63,6 +64,7 @@ def eval_(
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
 ) -> None:
     """Greedy mean reward and accuracy of the model (+ adapter) on a split: OUT/eval.json, completions."""
+    require("llm", "gfo eval")
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -160,6 +162,7 @@ def sft(
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
 ) -> None:
     """Supervised LoRA warm start on the task's references (ESSA): OUT/adapter for problem.init_adapter."""
+    require("grpo", "gfo sft")  # TRL's SFTTrainer
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
