@@ -15,6 +15,11 @@ the base weights are untouched), so the numbers are those of the model itself.
 
 `compare` scores two of them (adapter A and adapter B, or the model alone) on the same items and
 pairs the per-item outcomes (`gfo.stats`: Wilson intervals, exact McNemar test).
+
+Items that prove a trained adapter must be fresh: neither trained on nor used to select it.
+`fresh_items` gives the `gfo eval` arguments that draw them (another data seed's test stream for a
+generated task, or the test split past a search's selection items) and `unseen` the filter that
+drops any that the training stream holds all the same (a generated task can repeat an item).
 """
 
 from __future__ import annotations
@@ -23,16 +28,18 @@ import dataclasses
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gfo import strictjson
 from gfo.checkpoint import atomic_write
+from gfo.config import build
 from gfo.errors import GfoError
 from gfo.registry import PROBLEMS
 from gfo_llm.config import LLMConfig
 from gfo_llm.model import resolve_dtype
+from gfo_llm.task import Example
 
 if TYPE_CHECKING:
     from gfo_llm.problem import LLMProblem
@@ -50,6 +57,44 @@ OUTCOMES = {(True, True): "both", (False, False): "neither", (True, False): "gai
 Progress = Callable[[int, int, float], None]
 #: progress(label, done_items, total_items, mean_reward_so_far); label "A" or "B" with --compare
 LabelledProgress = Callable[[str, int, int, float], None]
+
+
+#: data_seed of the fresh test stream of generated tasks (training and selection use the default 0)
+FRESH_SEED = 7
+
+
+def fresh_items(problem_name: str, settings: Mapping[str, Any], items: int, how: str) -> list[str]:
+    """`gfo eval` arguments that score `items` fresh items of a problem whose every step runs with
+    `settings` (problem keys, a search's `eval_limit` among them).
+
+    `how` is "seed" (the test stream of data seed `FRESH_SEED`, drawn as long as asked: a generated
+    task's first items do not depend on `test_size`) or "offset" (the test split past the first
+    `eval_limit` items, which a search's held-out evaluation selects on).
+    """
+    fields = {f.name: f.default for f in dataclasses.fields(PROBLEMS.get(problem_name).Config)}
+    if how == "seed":
+        if "data_seed" not in fields:
+            raise GfoError(
+                f"fresh items by seed need a generated task; {problem_name} has no data_seed, use offset"
+            )
+        args = ["--set", f"problem.data_seed={FRESH_SEED}"]
+        if items > int(settings.get("test_size", fields["test_size"])):
+            args += ["--set", f"problem.test_size={items}"]
+        return args
+    if how == "offset":
+        return ["--offset", str(int(settings.get("eval_limit", fields["eval_limit"])))]
+    raise GfoError(f"fresh items come by seed or offset; got {how!r}")
+
+
+def unseen(problem_name: str, settings: Mapping[str, str], examples: Sequence[Example]) -> list[bool]:
+    """Which `examples` are in neither split of the training stream (the default data seed) of the
+    problem built with `settings` (`--set` values): the others are contaminated and must not count."""
+    cls: Any = PROBLEMS.get(problem_name)
+    training = cls.task_class(build(cls.Config, dict(settings), "problem"))
+    seen = {
+        json.dumps(dict(ex), sort_keys=True) for split in ("train", "test") for ex in training.examples(split)
+    }
+    return [json.dumps(dict(ex), sort_keys=True) not in seen for ex in examples]
 
 
 def adapter_settings(path: str | Path) -> tuple[int, tuple[str, ...] | None]:

@@ -55,6 +55,12 @@ class Task(ABC):
         """A reference completion for supervised warm start (`gfo sft`); None if the task has none."""
         return None
 
+    def breakdown(self, completions: Sequence[str], examples: Sequence[Example]) -> dict[str, Any] | None:
+        """What the reward alone cannot show about scored answers (`gfo learn` reports it for the base,
+        start and final models): e.g. per-check counts, answers that loop, their median length.
+        None (the default) when the task has nothing to add. Values must be JSON-serializable."""
+        return None
+
 
 def reference_completion(task: Task, example: Example, eos: str, needed_by: str) -> str:
     """What `gfo sft` trains on and `problem.fitness=likelihood` scores: the reference, then EOS.

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import statistics
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -207,6 +208,20 @@ class Instruct(GeneratedTask):
     def reference(self, example: Example) -> str:
         """A templated answer that follows every instruction of the prompt (formulaic, but valid SFT)."""
         return witness(example)
+
+    def breakdown(self, completions: Sequence[str], examples: Sequence[Example]) -> dict[str, Any]:
+        """Per-check counts (followed, asked), how many answers name their topic's word, how many loop
+        (over half their word 4-grams repeated), asked for or not, and the answers' median length in
+        words: the drift strict compliance cannot see (docs/tasks.md)."""
+        words = dict(TOPICS)
+        named = sum(mentions(t, words[ex["topic"]]) for t, ex in zip(completions, examples, strict=True))
+        lengths = [ins.count_words(t) for t in completions]
+        return {
+            "checks": constraint_report(completions, examples),
+            "topic_named": [named, len(completions)],
+            "repetitive": [sum(repetition(t) > LOOP for t in completions), len(completions)],
+            "median_words": statistics.median(lengths) if lengths else 0,
+        }
 
     def _key(self, row: dict[str, Any]) -> Any:
         return prompt_text(row)

@@ -176,14 +176,9 @@ def test_cli_bench_runs_the_grid(tmp_path: Path) -> None:
 
 
 def _grpo_module():
-    import importlib.util
+    from gfo_llm import grpo
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "grpo_baseline.py"
-    spec = importlib.util.spec_from_file_location("grpo_baseline", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return grpo
 
 
 def test_grpo_reward_is_the_task_reward_and_counts_the_budget() -> None:
