@@ -195,3 +195,82 @@ def sft(
         soft_wrap=True,
     )
     console.print(f"warm-start a search with: --set problem.init_adapter={result['adapter']}", soft_wrap=True)
+
+
+def learn(
+    recipe: Annotated[
+        str, typer.Option(help=f"a shipped recipe ({', '.join(_recipes())}) or a recipe .toml file")
+    ] = "quickstart",
+    json_: Annotated[
+        Path | None,
+        typer.Option(
+            "--json", help="result file, the PNG beside it (default runs/learn-<recipe>/result.json)"
+        ),
+    ] = None,
+    method: Annotated[
+        str, typer.Option(help="es (the recipe's search) or grpo (TRL's GRPO, same budget)")
+    ] = "es",
+    out: Annotated[Path | None, typer.Option(help="folder of the steps (default: --json less .json)")] = None,
+    model: Annotated[str | None, typer.Option(help="problem.model of every step")] = None,
+    items: Annotated[int | None, typer.Option(help="fresh items scored (default: the recipe's)")] = None,
+    generations: Annotated[int | None, typer.Option(help="generations of the search")] = None,
+    popsize: Annotated[int | None, typer.Option(help="candidates a generation")] = None,
+    algo: Annotated[
+        str | None, typer.Option(help="the search's algorithm (drops the recipe's algo.*)")
+    ] = None,
+    sft: Annotated[
+        bool | None, typer.Option("--sft/--no-sft", help="warm start by SFT, or from the base model")
+    ] = None,
+    sft_limit: Annotated[int | None, typer.Option(help="SFT on the first N training items")] = None,
+    sft_lr: Annotated[float | None, typer.Option(help="SFT learning rate")] = None,
+    start: Annotated[
+        str | None,
+        typer.Option(help="an existing warm-start adapter instead of SFT (its sft.json time counts)"),
+    ] = None,
+    completions: Annotated[
+        int | None, typer.Option(help="GRPO's training completions (needed where ES scores references)")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="the search's seed")] = 0,
+    fresh: Annotated[
+        str | None,
+        typer.Option(
+            help="fresh items: seed (another data_seed's test stream) or offset (past the selection)"
+        ),
+    ] = None,
+    eval_cache: Annotated[
+        Path | None, typer.Option(help="reusable evals (default: eval-cache beside --json; '' turns it off)")
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="search override KEY=VALUE (problem key, algo.K, run.K)")
+    ] = None,
+    task_set: Annotated[
+        list[str] | None,
+        typer.Option("--task-set", help="setting of every step KEY=VALUE (what defines the items)"),
+    ] = None,
+) -> None:
+    """A recipe end to end: the base model, SFT start and search, scored on fresh items with a paired test."""
+    import subprocess
+
+    require("llm", "gfo learn")
+    from gfo_llm.learn import learn as run_learn
+    from gfo_llm.learn import options_from
+
+    options = options_from(
+        recipe=recipe, json=json_ or Path("runs") / f"learn-{Path(recipe).stem}" / "result.json",
+        method=method, out=out, model=model, items=items, generations=generations, popsize=popsize,
+        algo=algo, sft=sft, sft_limit=sft_limit, sft_lr=sft_lr, start=start, completions=completions,
+        seed=seed, fresh=fresh, eval_cache=eval_cache, sets=tuple(set_ or ()),
+        task_sets=tuple(task_set or ()),
+    )  # fmt: skip
+    try:
+        run_learn(options, say=lambda line: print(line, flush=True))
+    except subprocess.CalledProcessError as exc:  # the step printed its own error above
+        command = " ".join(map(str, exc.cmd))
+        typer.echo(f"error: step failed with exit code {exc.returncode}: {command}", err=True)
+        raise typer.Exit(exc.returncode if exc.returncode > 0 else 1) from None
+
+
+def _recipes() -> list[str]:
+    from gfo_llm.recipe import recipe_names
+
+    return recipe_names()
