@@ -61,8 +61,8 @@ def _param_row(param: Any, ctx: Any) -> str:
         what = "`" + ", ".join(opts) + "`"
         if param.secondary_opts:
             what += " / `" + ", ".join(param.secondary_opts) + "`"
-    if getattr(param, "is_flag", False):
-        kind, default = "flag", ("on" if param.default else "off")
+    if getattr(param, "is_flag", False):  # a default of None: neither, the command decides
+        kind, default = "flag", {True: "on", False: "off"}.get(param.default, "")
     else:
         kind = _option_type(param, ctx)
         if param.multiple or param.nargs == -1:
@@ -100,8 +100,8 @@ def render_cli() -> str:
         "",
         _cell(group.help or ""),
         "Every command takes `--help`; errors in what you typed are one line on stderr and exit code 2.",
-        "How the settings options (`--config`, `--set`) combine: [../cli.md](../cli.md); every settings",
-        "key: [config.md](config.md).",
+        "How the settings options (`--config`, `--set`) combine, what a run writes and how it exits:",
+        "[runs.md](runs.md); every settings key: [config.md](config.md).",
         "",
         "| command | what it does |",
         "|---|---|",
@@ -162,7 +162,7 @@ def render_config() -> str:
         "A run has three sections of settings: `run`, `algo` (the chosen algorithm's) and `problem` (the",
         "chosen problem's). Set a key with `--set section.key=value` (repeatable), in a TOML file's",
         "`[section]` (`--config FILE`), or, for some, a shortcut option (`--generations`, `--popsize`,",
-        "`--seed`, ...); [../cli.md](../cli.md) says which wins. Tuple values take commas",
+        "`--seed`, ...); [runs.md](runs.md#settings) says which wins. Tuple values take commas",
         "(`--set problem.target_modules=q_proj,v_proj`); `none` unsets an optional value. Every value is",
         "checked when the settings are built, and a bad one is a one-line error naming the key.",
         "",
