@@ -2,9 +2,10 @@
 
 docs/reference/cli.md comes from the Typer app (gfo/cli.py and the `gfo.commands` entry points),
 docs/reference/config.md from the dataclass field metadata that `gfo list` reads
-(`gfo.config.describe_fields`). `python tests/test_reference_docs.py` rewrites both;
-`test_the_reference_pages_are_current` fails when a committed page differs from what this file
-generates now. The pages hold nothing of the machine: no paths, no terminal width.
+(`gfo.config.describe_fields`) and from `gfo learn`'s `Recipe` and shipped recipes.
+`python tests/test_reference_docs.py` rewrites both; `test_the_reference_pages_are_current` fails
+when a committed page differs from what this file generates now. The pages hold nothing of the
+machine: no paths, no terminal width.
 """
 
 from __future__ import annotations
@@ -211,7 +212,45 @@ def render_config() -> str:
         title = ", ".join(f"`{n}`" for n in names)
         lines += ["", f"### {title}", "", f"{_cell(_about(cls))} (`{cls.Config.__name__}`)", ""]
         lines += _fields_table("problem", describe_fields(cls.Config))
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _recipes()) + "\n"
+
+
+def _toml_default(value: Any) -> str:
+    """A recipe default as a TOML file writes it: `true`, `16`; none for None, nothing for empty."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    return f"`{value}`" if value not in ("", {}) else ""
+
+
+def _recipes() -> list[str]:
+    """The keys of a `gfo learn` recipe file and the recipes gfo ships."""
+    from gfo_llm.recipe import Recipe, load_recipe, recipe_names
+
+    lines = [
+        "",
+        "## gfo learn recipes",
+        "",
+        "`gfo learn --recipe NAME` runs a shipped recipe, `--recipe FILE.toml` a file of your own with these",
+        "keys ([../learn.md](../learn.md)). `[problem]` holds `problem.*` settings of every step,",
+        "`[search]` settings of the search alone (`KEY` is `problem.KEY`; `algo.KEY` and `run.KEY` as in",
+        "`gfo run --set`).",
+        "",
+        "| key | default | help |",
+        "|---|---|---|",
+    ]
+    for f in dataclasses.fields(Recipe):
+        if f.default is not dataclasses.MISSING:
+            shown = _toml_default(f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            shown = _toml_default(f.default_factory())
+        else:
+            shown = "required"
+        lines.append(f"| `{f.name}` | {shown} | {_cell(f.metadata.get('help', ''))} |")
+    lines += ["", "The recipes gfo ships (`gfo_llm/recipes/`):", "", "| recipe | what it runs |", "|---|---|"]
+    lines += [f"| `{name}` | {_cell(load_recipe(name).description)} |" for name in recipe_names()]
+    return lines
 
 
 RENDER = {"cli": render_cli, "config": render_config}
