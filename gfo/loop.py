@@ -127,16 +127,19 @@ def run(
     resume: bool = False,
     callbacks: list[Callback] | None = None,
     make_evaluator: Callable[[Problem, RunSpec], Evaluator] | None = None,
+    problem: Problem | None = None,
 ) -> dict[str, Any]:
     """Run (or continue) a search; returns the summary also written to `summary.json`.
 
-    However the run ends (`run.generations`, `run.max_evaluations`, `run.target`, or a first
-    SIGINT/SIGTERM), its last centre and best are scored on held-out data before the summary and
-    the export are written. A signal then raises `Interrupted`, with the checkpoint saved.
+    The problem is `problem`, an instance built by the caller (`gfo.search`), or else the registered
+    `spec.problem_name` built from `spec.problem`. However the run ends (`run.generations`,
+    `run.max_evaluations`, `run.target`, or a first SIGINT/SIGTERM), its last centre and best are
+    scored on held-out data before the summary and the export are written. A signal then raises
+    `Interrupted`, with the checkpoint saved.
     """
     callbacks = callbacks or []
     try:
-        return _run(spec, out, resume, callbacks, make_evaluator)
+        return _run(spec, out, resume, callbacks, make_evaluator, problem)
     except BaseException as exc:
         for cb in callbacks:
             try:
@@ -152,8 +155,9 @@ def _run(
     resume: bool,
     callbacks: list[Callback],
     make_evaluator: Callable[[Problem, RunSpec], Evaluator] | None,
+    instance: Problem | None = None,
 ) -> dict[str, Any]:
-    problem: Problem = PROBLEMS.get(spec.problem_name)(spec.problem)
+    problem: Problem = instance if instance is not None else PROBLEMS.get(spec.problem_name)(spec.problem)
     try:
         return _run_problem(spec, problem, out, resume, callbacks, make_evaluator)
     finally:

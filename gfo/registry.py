@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import sys
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -40,6 +41,18 @@ class Registry:
     def names(self) -> list[str]:
         self._load_plugins()
         return sorted(self._targets)
+
+    def name_of(self, target: Any) -> str | None:
+        """The name `target` (a class) is registered under, or None; imports nothing: a lazy target
+        counts only if its module is imported already (as an instance's class's module is)."""
+        self._load_plugins()
+        for name, registered in self._targets.items():
+            if isinstance(registered, str):
+                module, _, attr = registered.partition(":")
+                registered = getattr(sys.modules[module], attr, None) if module in sys.modules else None
+            if registered is target:
+                return name
+        return None
 
     def get(self, name: str) -> Any:
         self._load_plugins()
