@@ -23,10 +23,10 @@ install: $(STAMP)
 
 # Main job: ES on the bundled SmolLM2-135M-Instruct, the no-comma instruction (where a 2-core CPU
 # shows learning in minutes): the base model on 300 fresh prompts, diagonal CMA-ES from the base
-# model, then the final adapter on the same fresh prompts with the paired p-value (the quickstart
-# recipe of benchmarks/learning.py; docs/learning.md).
+# model, then the final adapter on the same fresh prompts with the paired p-value (`gfo learn`'s
+# quickstart recipe, gfo_llm/recipes/quickstart.toml; docs/results.md).
 run: $(STAMP)
-	$(BIN)/python benchmarks/learning.py --recipe quickstart --json runs/quickstart/learning.json $(ARGS)
+	$(BIN)/gfo learn --recipe quickstart --json runs/quickstart/learning.json $(ARGS)
 
 # A benchmark problem, seconds.
 run-bench: $(STAMP)
