@@ -139,29 +139,43 @@ def run(
     """
     callbacks = callbacks or []
     try:
-        return _run(spec, out, resume, callbacks, make_evaluator, problem)
+        problem = problem if problem is not None else PROBLEMS.get(spec.problem_name)(spec.problem)
+        try:
+            return _run_problem(spec, problem, out, resume, callbacks, make_evaluator)
+        finally:
+            problem.close()  # the model and its engine, however the run ended
     except BaseException as exc:
         for cb in callbacks:
             try:
                 getattr(cb, "on_abort", lambda error: None)(exc)  # duck-typed callbacks may lack it
-            except Exception as problem:  # the original error is the one to report
-                warnings.warn(f"{type(cb).__name__}.on_abort failed: {problem}", stacklevel=2)
+            except Exception as failure:  # the original error is the one to report
+                warnings.warn(f"{type(cb).__name__}.on_abort failed: {failure}", stacklevel=2)
         raise
 
 
-def _run(
-    spec: RunSpec,
-    out: Path,
-    resume: bool,
-    callbacks: list[Callback],
-    make_evaluator: Callable[[Problem, RunSpec], Evaluator] | None,
-    instance: Problem | None = None,
-) -> dict[str, Any]:
-    problem: Problem = instance if instance is not None else PROBLEMS.get(spec.problem_name)(spec.problem)
-    try:
-        return _run_problem(spec, problem, out, resume, callbacks, make_evaluator)
-    finally:
-        problem.close()  # the model and its engine, however the run ended
+@dataclass
+class _Run:
+    """The parts of one run that `_loop` drives, built once by `_run_problem`."""
+
+    spec: RunSpec
+    problem: Problem
+    algorithm: Algorithm
+    evaluator: Evaluator
+    state: _State
+    out: Path
+    callbacks: list[Callback]
+    stop: SignalStop
+
+    def save_checkpoint(self) -> None:
+        checkpoint.save(
+            self.out,
+            {
+                "algorithm": self.algorithm.state_dict(),
+                "loop": self.state.to_dict(),
+                "fingerprint": run_fingerprint(self.spec, self.problem, type(self.algorithm)),
+                "settings": run_settings(self.spec),
+            },
+        )
 
 
 def _run_problem(
@@ -203,11 +217,12 @@ def _run_problem(
             write_config(out, spec)
             for cb in callbacks:
                 cb.on_start(spec, problem, algorithm, state.generation)
-            reason = _loop(spec, problem, algorithm, evaluator, state, out, callbacks, stop, changed)
+            current = _Run(spec, problem, algorithm, evaluator, state, out, callbacks, stop)
+            reason = _loop(current, changed)
             if reason in SIGNAL_REASONS and state.generation == start:
                 # Stopped before a generation of its own: nothing changed, the files stay as they are.
                 raise Interrupted(stop.signum or signal.SIGINT, out)
-            final, heldout_final = _score_owed(state, algorithm, evaluator, problem.sense)
+            final, heldout_final = _score_owed(current)
             center = algorithm.center()
         finally:
             evaluator.close()
@@ -240,27 +255,20 @@ def _end_reason(run_cfg: Any, generation: int, evaluations: int, best: float, se
     return None
 
 
-def _loop(
-    spec: RunSpec,
-    problem: Problem,
-    algorithm: Algorithm,
-    evaluator: Evaluator,
-    state: _State,
-    out: Path,
-    callbacks: list[Callback],
-    stop: SignalStop,
-    changed: dict[str, tuple[Any, Any]],
-) -> str:
-    """Generations until the run ends or a signal asks it to stop; returns the reason."""
-    sense = problem.sense
-    every = problem.heldout_every()
-    run_cfg = spec.run
+def _loop(current: _Run, changed: dict[str, tuple[Any, Any]]) -> str:
+    """Generations until the run ends or a signal asks it to stop; returns the reason.
+
+    `changed`: the settings a resume changed, recorded in the first generation run with them."""
+    algorithm, evaluator, state = current.algorithm, current.evaluator, current.state
+    sense = current.problem.sense
+    every = current.problem.heldout_every()
+    run_cfg = current.spec.run
     while True:
         reason = _end_reason(run_cfg, state.generation, state.evaluations, state.best, sense)
         if reason is not None:
             return reason
-        if stop.signum is not None:
-            return signal.Signals(stop.signum).name
+        if current.stop.signum is not None:
+            return signal.Signals(current.stop.signum).name
         started = time.perf_counter()
         g = state.generation
         initial: dict[str, float] = {}
@@ -326,18 +334,10 @@ def _loop(
         record["wall_s"] = round(state.wall_s, 3)
         record.update(memory_mb())
         if result.samples:
-            append_jsonl(out / "samples.jsonl", [{"generation": g, **s} for s in result.samples])
-        append_jsonl(out / "metrics.jsonl", [record])
-        checkpoint.save(
-            out,
-            {
-                "algorithm": algorithm.state_dict(),
-                "loop": state.to_dict(),
-                "fingerprint": run_fingerprint(spec, problem, type(algorithm)),
-                "settings": run_settings(spec),
-            },
-        )
-        for cb in callbacks:
+            append_jsonl(current.out / "samples.jsonl", [{"generation": g, **s} for s in result.samples])
+        append_jsonl(current.out / "metrics.jsonl", [record])
+        current.save_checkpoint()
+        for cb in current.callbacks:
             cb.on_generation(record)
 
 
@@ -350,19 +350,18 @@ def _keep_heldout(
             state.heldout_generation = generation
 
 
-def _score_owed(
-    state: _State, algorithm: Algorithm, evaluator: Evaluator, sense: Sense
-) -> tuple[_State, dict[str, Any] | None]:
+def _score_owed(current: _Run) -> tuple[_State, dict[str, Any] | None]:
     """The last generation's centre and best on held-out data, if no held-out evaluation followed it
     (a run stopped by a signal between two `eval_every`s): for the summary and the export only. The
     checkpoint keeps the state without them, so a resume continues as if the run was never stopped."""
+    state = current.state
     if state.last_candidate is None:
         return state, None
     final = dataclasses.replace(state)
     generation = state.generation - 1
-    candidates = torch.stack([algorithm.center(), state.last_candidate])
-    scores = evaluator.evaluate_heldout(candidates).tolist()
-    _keep_heldout(final, scores, candidates, generation, sense)
+    candidates = torch.stack([current.algorithm.center(), state.last_candidate])
+    scores = current.evaluator.evaluate_heldout(candidates).tolist()
+    _keep_heldout(final, scores, candidates, generation, current.problem.sense)
     return final, {"generation": generation, "center": scores[0], "best": scores[1]}
 
 
