@@ -137,7 +137,31 @@ def test_page_is_self_contained_and_carries_the_plotted_numbers(sphere: Path) ->
     data = page_data(page)
     best = next(s for s in data["fitness"][0]["series"] if s["gid"] == "pgpe-sphere|best_so_far")
     assert best["y"] == [r["best_so_far"] for r in records(sphere)]
-    assert "algo.stdev_learning_rate" in text and "the problem records no sample completions" in text
+    assert "algo.stdev_learning_rate" in text and "the problem records no samples" in text
+
+
+def test_samples_are_rendered_whatever_their_fields(sphere: Path, tmp_path: Path) -> None:
+    """Long or multi-line text fields are preformatted blocks under their name, the rest inline."""
+    run_dir = shutil.copytree(sphere, tmp_path / "run")
+    best = report.best_generation(report.find_runs([run_dir])[0])
+    assert best is not None and best > 0
+    story = "Once upon a time <b>there</b> was a vector\nthat wanted to be small."
+    samples = [
+        {"generation": 0, "input": story, "output": "x" * 60, "score": 1.5, "tag": "start"},
+        {"generation": 1, "input": "never shown", "output": "y", "score": 2.0, "tag": "neither"},
+        {"generation": best, "input": "short", "output": "z" * 60, "score": 0.25, "tag": "kept"},
+    ]
+    (run_dir / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    text = report.write([run_dir]).read_text()
+    assert "<h2>Samples</h2>" in text
+    assert "start (generation 0)" in text and f"kept solution (generation {best})" in text
+    # "input" and "output" are long in some sample, so a block in every sample: one field, one shape
+    assert f"<p class='field'>input</p><pre>{html.escape(story)}</pre>" in text
+    assert "<p class='field'>input</p><pre>short</pre>" in text
+    assert f"<p class='field'>output</p><pre>{'z' * 60}</pre>" in text
+    assert "<p class='note'>score 1.5, tag start</p>" in text
+    assert "<p class='note'>score 0.25, tag kept</p>" in text
+    assert "never shown" not in text and "<b>there</b>" not in text
 
 
 def test_llm_run_page_has_heldout_throughput_and_samples(
@@ -164,10 +188,12 @@ def test_llm_run_page_has_heldout_throughput_and_samples(
     text = page.read_text()
     samples = [json.loads(line) for line in (llm_run / "samples.jsonl").read_text().splitlines()]
     best = report.best_generation(report.find_runs([llm_run])[0])
+    assert "<h2>Samples</h2>" in text
     assert "start (generation 0)" in text and f"kept solution (generation {best})" in text
     for s in samples:
         if s["generation"] in (0, best):
-            assert html.escape(s["prompt"]) in text and html.escape(s["completion"]) in text
+            assert f"<p class='field'>prompt</p><pre>{html.escape(s['prompt'])}</pre>" in text
+            assert html.escape(s["completion"]) in text and f"reward {s['reward']:.6g}" in text
     assert "<|im_start|>" not in text  # model output is escaped, never markup
 
 

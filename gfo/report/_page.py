@@ -46,7 +46,7 @@ text-align:left} th{background:#f4f4f4} td.num{text-align:right;font-variant-num
 .wide{overflow-x:auto} img{max-width:100%} .note{color:#666;font-size:13px}
 pre{background:#f7f7f7;border:1px solid #e3e3e3;padding:8px;white-space:pre-wrap;font-size:12px;margin:4px 0}
 .samples{display:grid;grid-template-columns:1fr 1fr;gap:16px} details{margin:8px 0}
-summary{cursor:pointer;font-weight:600}
+summary{cursor:pointer;font-weight:600} .field{color:#666;font-size:12px;margin:6px 0 0}
 """
 
 
@@ -68,7 +68,7 @@ def page(runs: list[Run], blocks: list[tuple[Figure, str]]) -> str:
         parts.append(f"<img alt='{e(figure.title)}' src='data:image/png;base64,{data}'>")
         if figure.note:
             parts.append(f"<p class='note'>{e(figure.note)}</p>")
-    parts += ["<h2>Sample completions</h2>", _samples(runs), "<h2>Settings</h2>", _settings_tables(runs)]
+    parts += ["<h2>Samples</h2>", _samples(runs), "<h2>Settings</h2>", _settings_tables(runs)]
     series = {f.key: [asdict(p) for p in f.panels] for f, _ in blocks}
     data = strictjson.dumps(series, separators=(",", ":")).replace("</", "<\\/")
     parts.append(f"<script type='application/json' id='gfo-report-data'>{data}</script>")
@@ -160,11 +160,18 @@ def _settings_tables(runs: list[Run]) -> str:
     return "\n".join(out)
 
 
+#: A text field longer than this (or with a line break) is shown as a block, not inline.
+_INLINE_CHARS = 40
+
+
 def _samples(runs: list[Run]) -> str:
+    """Each run's samples at the start and at the kept solution, whatever fields a problem records:
+    a field holding long or multi-line text in any sample of the run is shown as a preformatted block
+    under its name, every other field inline as "name value"."""
     e = html.escape
     with_samples = [r for r in runs if r.samples]
     if not with_samples:
-        return "<p class='note'>the problem records no sample completions (a test function)</p>"
+        return "<p class='note'>the problem records no samples (a test function)</p>"
     out = []
     for run in with_samples:
         generations = [s.get("generation") for s in run.samples]
@@ -172,6 +179,12 @@ def _samples(runs: list[Run]) -> str:
         best = best_generation(run)
         if best not in generations:
             best = max(g for g in generations if isinstance(g, int))
+        blocks = {
+            k
+            for s in run.samples
+            for k, v in s.items()
+            if isinstance(v, str) and ("\n" in v or len(v) > _INLINE_CHARS)
+        }
         columns = []
         for title, g in (
             (f"start (generation {first})", first),
@@ -179,12 +192,11 @@ def _samples(runs: list[Run]) -> str:
         ):
             body = [f"<h3>{e(title)}</h3>"]
             for s in (s for s in run.samples if s.get("generation") == g):
-                facts = ", ".join(
-                    f"{k} {_fmt(v)}" for k, v in s.items() if k not in ("prompt", "completion", "generation")
-                )
-                body.append(f"<p class='note'>{e(facts)}</p>")
-                body.append(f"<pre>{e(str(s.get('prompt', '')))}</pre>")
-                body.append(f"<pre><b>{e(str(s.get('completion', '')))}</b></pre>")
+                facts = ", ".join(f"{k} {_fmt(v)}" for k, v in s.items() if k not in blocks | {"generation"})
+                if facts:
+                    body.append(f"<p class='note'>{e(facts)}</p>")
+                for k in (k for k in s if k in blocks):
+                    body.append(f"<p class='field'>{e(k)}</p><pre>{e(_fmt(s[k]))}</pre>")
             columns.append("<div>" + "\n".join(body) + "</div>")
         opened = " open" if len(with_samples) == 1 else ""
         out.append(f"<details{opened}><summary>{e(run.label)}</summary><div class='samples'>")
