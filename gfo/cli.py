@@ -258,7 +258,7 @@ def report(
         typer.Option(help="HTML file (default RUN_DIR/report.html; for several, in their common folder)"),
     ] = None,
 ) -> None:
-    """One self-contained HTML page of curves, settings and sample completions, runs overlaid."""
+    """One self-contained HTML page of curves, settings and the problem's samples, runs overlaid."""
     from rich.console import Console
 
     from gfo.report import write

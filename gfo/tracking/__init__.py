@@ -1,7 +1,7 @@
 """Experiment trackers (TensorBoard, MLflow, W&B, Trackio) as one run-loop callback.
 
 `Tracking` follows a run directory: every numeric metric of each generation, the settings as
-hyperparameters, the problem's sample completions as text, and at the end the summary and the
+hyperparameters, the problem's samples as text, and at the end the summary and the
 exported solution as an artifact. A resumed run continues the same tracked run. Each tracker is an
 optional extra (`pip install 'gfo[tensorboard]'`), imported only when used. See docs/tracking.md.
 """

@@ -58,7 +58,7 @@ class Tracker:
         raise NotImplementedError
 
     def log(self, generation: int, values: dict[str, float], samples: list[dict[str, Any]]) -> None:
-        """One generation: its scalars (step = generation) and its sample completions, if any."""
+        """One generation: its scalars (step = generation) and the problem's samples, if any."""
         raise NotImplementedError
 
     def flush(self) -> None:
