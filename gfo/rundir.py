@@ -32,10 +32,13 @@ RUN_FILES = ("config.toml", "metrics.jsonl", "summary.json", checkpoint.NAME, ch
 #: What `gfo.tracking` and `gfo report` write into a run directory (cleared with it by --force).
 TRACKED = ("tracking.json", "report.html")
 TRACKED_DIRS = ("tb", "mlflow", "wandb", "report")
+#: Every file the loop, the trackers and the report write into a run directory.
+OWN_FILES = (*RUN_FILES, checkpoint.CORRUPT, "best.safetensors", "curve.png", "samples.jsonl", *TRACKED)
 
 
 def prepare_run_dir(out: Path, *, resume: bool, force: bool) -> None:
-    """Refuse to mix runs: a directory holding another run needs --force (which clears it) or --resume."""
+    """Refuse to mix runs: a directory holding another run needs --force or --resume. --force removes
+    gfo's files (`OWN_FILES`, `TRACKED_DIRS`) and what the old run exported; nothing else."""
     if resume:
         if not (out / "config.toml").exists():
             raise GfoError(f"{out} holds no gfo run (no config.toml); check the path or start a new run")
@@ -49,11 +52,12 @@ def prepare_run_dir(out: Path, *, resume: bool, force: bool) -> None:
             f"--force to overwrite it, or another --out"
         )
     if existing:
-        for name in (*RUN_FILES, checkpoint.CORRUPT, "best.safetensors", "curve.png", "samples.jsonl"):
+        exported = _exported(out)  # read before summary.json goes
+        if exported is not None:
+            _remove(exported)
+        for name in OWN_FILES:
             (out / name).unlink(missing_ok=True)
-        for name in TRACKED:
-            (out / name).unlink(missing_ok=True)
-        for sub in ("export", "adapter", *TRACKED_DIRS):
+        for sub in TRACKED_DIRS:
             shutil.rmtree(out / sub, ignore_errors=True)
     if out.exists() and not out.is_dir():
         raise GfoError(f"--out {out} is a file, not a directory; pick another --out")
@@ -61,6 +65,30 @@ def prepare_run_dir(out: Path, *, resume: bool, force: bool) -> None:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise GfoError(f"cannot create run directory {out}: {exc.strerror}; pick another --out") from None
+
+
+def _exported(out: Path) -> Path | None:
+    """What the run in `out` exported (`Problem.export`), as its summary.json records it, if that lies
+    inside `out`. Only `write_results` exports, and it writes summary.json right after: a run stopped
+    without one (killed, or failed) exported nothing, unless it was killed in between."""
+    try:
+        relative = json.loads((out / "summary.json").read_text()).get("exported")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(relative, str) or not relative:
+        return None
+    path = Path(relative)
+    if path.is_absolute() or ".." in path.parts or path == Path("."):
+        return None  # not written by `write_results`: never delete outside the run directory
+    target = out / path
+    return target if target.parent.resolve().is_relative_to(out.resolve()) else None
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def write_config(out: Path, spec: RunSpec) -> None:

@@ -3,6 +3,7 @@ run, strict JSON with honest statistics, and memory per generation."""
 
 from __future__ import annotations
 
+import json
 import math
 import signal
 import statistics
@@ -24,6 +25,7 @@ from problems.benchmarks import FunctionConfig, Sphere
 pytestmark = pytest.mark.usefixtures("no_plots")
 HELDOUT = "test-record-heldout-sphere"
 POISONED = "test-record-poisoned-sphere"
+EXPORTING = "test-record-exporting-sphere"
 
 
 @dataclass(frozen=True)
@@ -65,9 +67,19 @@ class PoisonedSphere(HeldoutSphere):
         return scores.fill_(math.nan) if PoisonedSphere.heldout_calls % 2 else scores
 
 
+class ExportingSphere(HeldoutSphere):
+    """Exports its solution to a folder whose name gfo does not know."""
+
+    def export(self, solution: torch.Tensor, run_dir: Path) -> Path | None:
+        folder = run_dir / "weights"
+        folder.mkdir(exist_ok=True)
+        (folder / "solution.txt").write_text(" ".join(map(str, solution.tolist())))
+        return folder
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _register() -> None:
-    for name, cls in ((HELDOUT, HeldoutSphere), (POISONED, PoisonedSphere)):
+    for name, cls in ((HELDOUT, HeldoutSphere), (POISONED, PoisonedSphere), (EXPORTING, ExportingSphere)):
         if name not in PROBLEMS.names():
             PROBLEMS.register(name, cls)
 
@@ -232,3 +244,79 @@ def test_select_center_exports_the_final_centre_and_leaves_the_search_as_it_was(
     assert torch.equal(selected, grab.algorithm.center().float())
     held = load_file(tmp_path / "heldout" / "best.safetensors")["selected"]
     assert not torch.equal(selected, held)
+
+
+# ---------------------------------------------------------------- --force
+
+
+class FailAt(loop.Callback):
+    """Fails the run after `generation`: the checkpoint is saved, no summary.json is written."""
+
+    def __init__(self, generation: int) -> None:
+        self.generation = generation
+
+    def on_generation(self, record: dict[str, Any]) -> None:
+        if record["generation"] == self.generation:
+            raise RuntimeError("stopped by the test")
+
+
+def add_tracker_and_user_files(out: Path) -> None:
+    for folder in ("tb", "report", "adapter", "mine"):  # "adapter": a name gfo/ does not know
+        (out / folder).mkdir()
+        (out / folder / "file").write_text("x")
+    for name in ("tracking.json", "report.html", "notes.txt"):
+        (out / name).write_text("x")
+
+
+def test_force_removes_what_the_run_exported_and_gfo_files_only(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    summary = run_here(out, "run.generations=2", problem=EXPORTING)
+    assert summary["exported"] == "weights" and (out / "weights" / "solution.txt").is_file()
+    add_tracker_and_user_files(out)
+    loop.prepare_run_dir(out, resume=False, force=True)
+    assert sorted(p.name for p in out.iterdir()) == ["adapter", "mine", "notes.txt"]
+
+
+def test_force_after_a_run_stopped_before_its_summary_clears_its_files(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="stopped by the test"):
+        run_here(out, "run.generations=4", problem=EXPORTING, callbacks=[FailAt(1)])
+    assert checkpoint.exists(out) and not (out / "summary.json").exists()
+    assert not (out / "weights").exists()  # only the end of a run exports
+    add_tracker_and_user_files(out)
+    loop.prepare_run_dir(out, resume=False, force=True)
+    assert sorted(p.name for p in out.iterdir()) == ["adapter", "mine", "notes.txt"]
+
+
+def test_force_after_a_resume_stopped_before_its_summary_removes_the_earlier_export(tmp_path: Path) -> None:
+    """A resumed run that fails keeps the summary.json of the end it continued from, and its export."""
+    out = tmp_path / "run"
+    run_here(out, "run.generations=2", problem=EXPORTING)
+    with pytest.raises(RuntimeError, match="stopped by the test"):
+        resume_here(out, generations=4, callbacks=[FailAt(2)])
+    assert (out / "weights").is_dir()
+    loop.prepare_run_dir(out, resume=False, force=True)
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "recorded", ["..", "../outside", "OUTSIDE", "link", "link/keep.txt", ".", "", 7, None]
+)
+def test_force_never_removes_anything_outside_the_run_directory(tmp_path: Path, recorded: Any) -> None:
+    """Whatever summary.json says was exported: a path leaving the run directory is not followed, a
+    link to a folder outside is removed as the link."""
+    out, outside = tmp_path / "run", tmp_path / "outside"
+    run_here(out, "run.generations=1")
+    outside.mkdir()
+    (outside / "keep.txt").write_text("x")
+    (out / "mine.txt").write_text("x")
+    (out / "link").symlink_to(outside, target_is_directory=True)
+    recorded = str(outside) if recorded == "OUTSIDE" else recorded
+    summary = (out / "summary.json").read_text()
+    assert '"exported": null' in summary
+    summary = summary.replace('"exported": null', f'"exported": {json.dumps(recorded)}')
+    (out / "summary.json").write_text(summary)
+    loop.prepare_run_dir(out, resume=False, force=True)
+    assert (outside / "keep.txt").is_file()
+    kept = sorted(p.name for p in out.iterdir())
+    assert kept == (["mine.txt"] if recorded == "link" else ["link", "mine.txt"])
