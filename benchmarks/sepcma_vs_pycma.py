@@ -20,7 +20,7 @@ import torch
 
 from gfo.algorithms import SearchSpec, default_popsize
 from gfo.registry import ALGORITHMS
-from problems.benchmarks import Ellipsoid
+from problems.functions import Ellipsoid
 
 X0, SIGMA0 = 3.0, 2.0
 

@@ -11,7 +11,7 @@ import torch
 from gfo.algorithms import SearchSpec
 from gfo.errors import ConfigError
 from gfo.registry import ALGORITHMS
-from problems.benchmarks import Sphere
+from problems.functions import Sphere
 
 NAMES = ALGORITHMS.names()
 

@@ -294,8 +294,8 @@ CASES = [
     Case(
         "--resume with another problem",
         "run --resume run1 --problem rastrigin",
-        "error: run1 holds a run of another problem or algorithm (class 'problems.benchmarks:Sphere' -> "
-        f"'problems.benchmarks:Rastrigin', problem 'sphere' -> 'rastrigin'); {FINGERPRINT_HINT}",
+        "error: run1 holds a run of another problem or algorithm (class 'problems.functions:Sphere' -> "
+        f"'problems.functions:Rastrigin', problem 'sphere' -> 'rastrigin'); {FINGERPRINT_HINT}",
     ),
     Case(
         "--resume with another dimension",
@@ -592,7 +592,7 @@ def poisoned_sphere(all_bad: int) -> type:
     """Sphere returning NaN, +inf or -inf for half of the candidates (-inf would be "best" for a
     minimization if it got through), or for all of them in the first `all_bad` generations."""
     from gfo.problem import Context, Evaluation
-    from problems.benchmarks import Sphere
+    from problems.functions import Sphere
 
     class PoisonedSphere(Sphere):
         def evaluate(self, population: torch.Tensor, context: Context) -> Evaluation:

@@ -17,7 +17,7 @@ from gfo.errors import GfoError
 from gfo.loop import run
 from gfo.problem import Context, Evaluation
 from gfo.registry import PROBLEMS
-from problems.benchmarks import Sphere
+from problems.functions import Sphere
 
 SMALL = ["problem.dim=5"]
 

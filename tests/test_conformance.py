@@ -26,7 +26,7 @@ from gfo_llm.config import LLMConfig
 from gfo_llm.problem import LLMProblem
 from gfo_llm.testing import CANARY, TaskConformance
 from problems.arithmetic import Arithmetic, ArithmeticConfig
-from problems.benchmarks import FunctionConfig, Sphere
+from problems.functions import FunctionConfig, Sphere
 
 ALGOS = ALGORITHMS.names()
 PROBLEM_NAMES = PROBLEMS.names()

@@ -26,7 +26,7 @@ from rich.console import Console
 
 from gfo.problem import Context, Evaluation
 from gfo.registry import PROBLEMS
-from problems.benchmarks import Sphere
+from problems.functions import Sphere
 
 ROOT = Path(__file__).resolve().parents[1]
 #: package -> the packages it must not import
@@ -100,7 +100,7 @@ def test_the_checks_see_every_kind_of_import() -> None:
             import gfo_llm.model
             from problems import gsm8k
 
-        TARGETS = {"a": "problems.benchmarks:Sphere", "b": "gfo_llm.evaluate"}
+        TARGETS = {"a": "problems.functions:Sphere", "b": "gfo_llm.evaluate"}
         importlib.import_module("torch.nn")
         """
     )
@@ -109,7 +109,7 @@ def test_the_checks_see_every_kind_of_import() -> None:
     assert imported("from . import a\n", "gfo", is_package=True) == {"gfo"}
     assert imported("x = ('problems', 'min', 'see `gfo list`', 'e.g. 1.5')\n", "gfo.x") == set()
     assert sorted(code_mentions(source)) == sorted(
-        ["gfo_llm.model", "problems.benchmarks:Sphere", "gfo_llm.evaluate"]
+        ["gfo_llm.model", "problems.functions:Sphere", "gfo_llm.evaluate"]
     )
     assert code_mentions("x = 1  # see gfo_llm.model and problems.bbob\n") == []
 

@@ -28,7 +28,7 @@ from gfo.problem import Context, Evaluation  # noqa: E402
 from gfo.registry import PROBLEMS  # noqa: E402
 from gfo.spec import RunSpec, resolve  # noqa: E402
 from problems.arithmetic import Arithmetic  # noqa: E402
-from problems.benchmarks import FunctionConfig, Sphere  # noqa: E402
+from problems.functions import FunctionConfig, Sphere  # noqa: E402
 
 TIMING = VOLATILE  # times and memory
 

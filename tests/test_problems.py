@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from gfo.errors import ConfigError
-from problems.benchmarks import Ellipsoid, FunctionConfig, Rastrigin, Rosenbrock, Sphere
+from problems.functions import Ellipsoid, FunctionConfig, Rastrigin, Rosenbrock, Sphere
 
 
 @pytest.mark.parametrize("cls", [Sphere, Rastrigin, Rosenbrock, Ellipsoid])

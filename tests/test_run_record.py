@@ -20,7 +20,7 @@ from gfo import checkpoint, loop
 from gfo.problem import Context, Evaluation
 from gfo.registry import PROBLEMS
 from gfo.spec import resolve
-from problems.benchmarks import FunctionConfig, Sphere
+from problems.functions import FunctionConfig, Sphere
 
 pytestmark = pytest.mark.usefixtures("no_plots")
 HELDOUT = "test-record-heldout-sphere"

@@ -31,7 +31,7 @@ from gfo.problem import Context, Evaluation
 from gfo.registry import PROBLEMS, TRACKERS
 from gfo.spec import resolve
 from gfo.tracking import STATE_FILE, Tracker, Tracking, scalars
-from problems.benchmarks import Sphere
+from problems.functions import Sphere
 
 ROOT = Path(__file__).resolve().parents[1]
 
