@@ -15,7 +15,7 @@ import gc
 import logging
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -54,6 +54,8 @@ class GenerationResult:
     num_tokens: list[list[int]]  # generated tokens per row, up to and including EOS, no padding
     finished: list[list[bool]]  # True when the row stopped at EOS, False when it hit the cap
     seconds: float  # wall time of the generate calls (tokenization and decoding included)
+    # [candidate][prompt] the generated token ids (num_tokens of them); None where an engine has none
+    token_ids: list[list[list[int]]] | None = None
 
     @property
     def total_tokens(self) -> int:
@@ -197,6 +199,7 @@ class PopulationGenerator:
         completions = [[""] * n_prompts for _ in range(size)]
         num_tokens = [[0] * n_prompts for _ in range(size)]
         finished = [[False] * n_prompts for _ in range(size)]
+        token_ids: list[list[list[int]]] = [[[] for _ in range(n_prompts)] for _ in range(size)]
         factors = self._factors
         budget = self.budget(encoded["input_ids"].shape[1] + max_new_tokens)
         try:
@@ -205,16 +208,18 @@ class PopulationGenerator:
                 for name, layer in self.layers.items():
                     layer.select(name, population, rows, factors.get(name))
                 ids, mask = _trim_left(encoded["input_ids"][p0:p1], encoded["attention_mask"][p0:p1])
-                texts, counts, done = self._generate_rows(
+                texts, counts, done, generated = self._generate_rows(
                     ids.repeat(c1 - c0, 1), mask.repeat(c1 - c0, 1), max_new_tokens, matcher
                 )
                 for row, (text, count, ended) in enumerate(zip(texts, counts, done, strict=True)):
                     c, p = c0 + row // (p1 - p0), p0 + row % (p1 - p0)
                     completions[c][p], num_tokens[c][p], finished[c][p] = text, count, ended
+                    token_ids[c][p] = generated[row][:count]
         finally:
             for layer in self.layers.values():
                 layer.clear()
-        return GenerationResult(completions, num_tokens, finished, time.perf_counter() - start_time)
+        seconds = time.perf_counter() - start_time
+        return GenerationResult(completions, num_tokens, finished, seconds, token_ids)
 
     def _continuous(
         self,
@@ -234,6 +239,7 @@ class PopulationGenerator:
             [[len(row) for row in rows] for rows in tokens],
             done,
             time.perf_counter() - start_time,
+            tokens,
         )
 
     @torch.inference_mode()
@@ -321,14 +327,94 @@ class PopulationGenerator:
     def _log_likelihood(
         self, vectors: Tensor, prompts: Sequence[str], completions: Sequence[str], position_budget: int
     ) -> tuple[Tensor, Tensor]:
+        size, tails = len(self.space._population_matrix(vectors)), self._encode(prompts, completions)[1]
+        sums = torch.zeros(size, len(prompts), dtype=torch.float64)
+        for c0, c1, p0, p1, logits, chosen in self._teacher_forced(
+            vectors, prompts, completions, position_budget, lambda budget: _plan(size, len(prompts), budget)
+        ):
+            picked = logits.gather(-1, chosen.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            picked = picked - torch.logsumexp(logits, dim=-1)
+            # where(), not a product: padded positions of a short row may hold NaN logits.
+            picked = torch.where(chosen >= 0, picked, torch.zeros_like(picked))
+            sums[c0:c1, p0:p1] = picked.sum(dim=-1).view(c1 - c0, p1 - p0).double().cpu()
+        return sums, torch.tensor([len(t) for t in tails], dtype=torch.float64)
+
+    @torch.inference_mode()
+    def kl(
+        self,
+        vector: Tensor,
+        reference: Tensor,
+        prompts: Sequence[str],
+        completions: Sequence[str] | Sequence[Sequence[int]],
+        position_budget: int = PREFILL_POSITIONS,
+    ) -> tuple[Tensor, Tensor]:
+        """KL(vector's model || reference's model) of the next-token distributions, exact over the
+        vocabulary, at each token of each completion after its prompt, teacher-forced: the sums per
+        completion, float64 (B,), and each completion's token count (B,). Both models run on the same
+        rows of one forward pass (two candidates), as `log_likelihood` runs a population."""
+        if not prompts or len(prompts) != len(completions):
+            raise GfoError(
+                f"kl needs one completion per prompt; got {len(prompts)} prompt(s) and "
+                f"{len(completions)} completion(s)"
+            )
+        pair = torch.stack([torch.as_tensor(vector), torch.as_tensor(reference)])
+        n = len(prompts)
+
+        def plan(budget: int) -> list[tuple[int, int, int, int]]:
+            step = max(1, budget // 2)  # both models' rows of a prompt in one pass
+            return [(0, 2, p, min(p + step, n)) for p in range(0, n, step)]
+
+        def run() -> tuple[Tensor, Tensor]:
+            sums = torch.zeros(n, dtype=torch.float64)
+            for _, _, p0, p1, logits, chosen in self._teacher_forced(
+                pair, prompts, completions, position_budget, plan
+            ):
+                mine, theirs = torch.log_softmax(logits, dim=-1).chunk(2)
+                per_token = (mine.exp() * (mine - theirs)).sum(dim=-1)
+                per_token = torch.where(chosen[: p1 - p0] >= 0, per_token, torch.zeros_like(per_token))
+                sums[p0:p1] = per_token.sum(dim=-1).double().cpu()
+            tails = self._encode(prompts, completions)[1]
+            return sums, torch.tensor([len(t) for t in tails], dtype=torch.float64)
+
+        return self._retrying(run)
+
+    def _encode(
+        self, prompts: Sequence[str], completions: Sequence[str] | Sequence[Sequence[int]]
+    ) -> tuple[list[list[int]], list[list[int]]]:
+        """Prompt and completion token ids; completions given as ids (what the engine generated, EOS
+        included) are taken as they are, text is tokenized."""
+        heads = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+        if all(isinstance(c, str) for c in completions):
+            tails = self.tokenizer(list(completions), add_special_tokens=False)["input_ids"]
+        else:
+            tails = [[int(t) for t in c] for c in completions]
+        if not all(heads) or not all(tails):
+            raise GfoError("teacher forcing got an empty prompt or completion; every one needs a token")
+        return heads, tails
+
+    def _teacher_forced(
+        self,
+        vectors: Tensor,
+        prompts: Sequence[str],
+        completions: Sequence[str] | Sequence[Sequence[int]],
+        position_budget: int,
+        plan: Callable[[int], list[tuple[int, int, int, int]]],
+    ) -> Iterator[tuple[int, int, int, int, Tensor, Tensor]]:
+        """Teacher-forced passes of candidates `c0:c1` over prompts `p0:p1` + their completions, in
+        the chunks `plan(rows per pass)` gives: yields each chunk's float32 logits at the positions
+        that predict completion tokens, (rows, longest completion, vocab), candidate-major, and the
+        tokens they predict (-1 where a shorter completion has none).
+
+        The prompts' common prefix (the chat template's system turn) runs once per candidate and its
+        KV cache is shared by the candidate's rows, as in the continuous engine; the rest is
+        left-padded so that every completion ends in the last column, and only the logits of the
+        last `longest completion + 1` positions are computed.
+        """
         from transformers import DynamicCache
 
         population = self._population(vectors)
         size, n_prompts = population.size, len(prompts)
-        heads = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-        tails = self.tokenizer(list(completions), add_special_tokens=False)["input_ids"]
-        if not all(heads) or not all(tails):
-            raise GfoError("log_likelihood got an empty prompt or completion; every one needs a token")
+        heads, tails = self._encode(prompts, completions)
         factors = self._factors
         device = self.device
 
@@ -358,9 +444,8 @@ class PopulationGenerator:
                 ids[i, width - len(row) :] = torch.tensor(row)
                 mask[i, width - len(row) :] = 1
                 targets[i, keep - len(tail) :] = torch.tensor(tail)
-            sums = torch.zeros(size, n_prompts, dtype=torch.float64)
             budget = max(1, min(self.budget(skip + width), position_budget // width))
-            for c0, c1, p0, p1 in _plan(size, n_prompts, budget):
+            for c0, c1, p0, p1 in plan(budget):
                 n = c1 - c0
                 select(Rows.blocked(c0, n, p1 - p0))
                 chunk_ids, chunk_mask = _trim_left(ids[p0:p1], mask[p0:p1])
@@ -390,16 +475,10 @@ class PopulationGenerator:
                     ),
                 ).logits[:, :-1]
                 chosen = targets[p0:p1, keep - last :].repeat(n, 1).to(device)
-                logits = logits.float()
-                picked = logits.gather(-1, chosen.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-                picked = picked - torch.logsumexp(logits, dim=-1)
-                # where(), not a product: padded positions of a short row may hold NaN logits.
-                picked = torch.where(chosen >= 0, picked, torch.zeros_like(picked))
-                sums[c0:c1, p0:p1] = picked.sum(dim=-1).view(n, p1 - p0).double().cpu()
+                yield c0, c1, p0, p1, logits.float(), chosen
         finally:
             for layer in self.layers.values():
                 layer.clear()
-        return sums, torch.tensor([len(t) for t in tails], dtype=torch.float64)
 
     def _population(self, vectors: Tensor) -> Population:
         population = self.space.population(vectors)
@@ -413,7 +492,7 @@ class PopulationGenerator:
 
     def _generate_rows(
         self, ids: Tensor, mask: Tensor, max_new_tokens: int, stop: Callable[[list[int]], bool] | None
-    ) -> tuple[list[str], list[int], list[bool]]:
+    ) -> tuple[list[str], list[int], list[bool], list[list[int]]]:
         from transformers import GenerationConfig
 
         # A fresh config: greedy argmax only, whatever sampling or penalties the model ships with.
@@ -434,7 +513,7 @@ class PopulationGenerator:
                 if n is not None:
                     counts[row], finished[row] = n, True
                     texts[row] = self.tokenizer.decode(generated[:n], skip_special_tokens=True)
-        return texts, counts, finished
+        return texts, counts, finished, out[:, ids.shape[1] :].tolist()
 
 
 def decode_rows(

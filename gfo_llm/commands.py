@@ -53,6 +53,10 @@ def eval_(
         str | None,
         typer.Option(help="also score B on the same items and pair them: a PEFT adapter directory, or base"),
     ] = None,
+    kl_to: Annotated[
+        str | None,
+        typer.Option(help="also the KL from this reference on the model's own answers: base, or an adapter"),
+    ] = None,
     split: Annotated[str, typer.Option(help="split to evaluate (train or test)")] = "test",
     limit: Annotated[int | None, typer.Option(help="evaluate the split's first N items")] = None,
     offset: Annotated[
@@ -70,6 +74,8 @@ def eval_(
 
     from gfo_llm import evaluate as ev
 
+    if compare is not None and kl_to is not None:
+        raise GfoError("--compare B already reports the KL from B; drop --kl-to")
     name, settings = _problem_settings(problem, config, list(set_ or []))
     out = out or Path("runs") / f"eval-{name}-{split}"
     console = Console(stderr=True)
@@ -92,6 +98,7 @@ def eval_(
             result = ev.evaluate(
                 name, settings, adapter=adapter, split=split, limit=limit,  # type: ignore[arg-type]
                 offset=offset, out=out, progress=lambda done, total, reward: update("", done, total, reward),
+                kl_to=kl_to,
             )  # fmt: skip
         else:
             result = ev.compare(
@@ -112,6 +119,8 @@ def eval_(
         console.print(f"results in {out}/", soft_wrap=True)
         return
     console.print(_eval_line(result, name, split, out), soft_wrap=True, highlight=False)
+    if "kl" in result:
+        console.print(_kl_line(result["kl"], "the model"), soft_wrap=True, highlight=False)
 
 
 def _eval_line(result: dict, name: str, split: str, out: Path) -> str:
@@ -143,7 +152,18 @@ def _compare_table(result: dict, name: str, split: str) -> list[str]:
         f"gained {c['gained']} (B wrong, A right), lost {c['lost']} (A wrong, B right); "
         f"A - B = {c['acc_a'] - c['acc_b']:+.4f}, exact McNemar p = {c['p_value']:.4g}"
     )
+    if "kl" in result:
+        rows.append(_kl_line(result["kl"], "A"))
     return rows
+
+
+def _kl_line(kl: dict, who: str) -> str:
+    """The KL of `who`'s answers from the reference, per token and per answer."""
+    reference = "the base model" if kl["reference"] == "base" else kl["reference"]
+    return (
+        f"KL({who} || {reference}) on {who}'s answers: {kl['per_token']:.4f} nats per token, "
+        f"{kl['per_answer_mean']:.3f} per answer (median {kl['per_answer_median']:.3f})"
+    )
 
 
 def sft(

@@ -88,6 +88,14 @@ class LLMConfig:
             "loss). Held-out evaluation scores rewards either way"
         },
     )
+    kl_coef: float = field(
+        default=0.0,
+        metadata={
+            "help": "beta: fitness = mean reward - beta x the candidate's KL to the search's start (mean per "
+            "answer token, exact over the vocabulary, teacher-forced on its own answers; GRPO's beta). "
+            "0: no KL term and no extra passes"
+        },
+    )
     max_new_tokens: int = field(default=96, metadata={"help": "generation cap per completion"})
     eval_every: int = field(
         default=5, metadata={"help": "held-out evaluation every k generations (0: never)"}
@@ -150,6 +158,15 @@ class LLMConfig:
             raise ConfigError(
                 "problem.fitness=likelihood needs problem.backend=transformers (vLLM scores no references); "
                 "drop one of them"
+            )
+        if not 0.0 <= self.kl_coef < math.inf:
+            raise ConfigError(
+                f"problem.kl_coef must be a number >= 0; got {self.kl_coef}, use e.g. 0.05 (0: no KL term)"
+            )
+        if self.kl_coef > 0 and (self.fitness != "reward" or self.backend != "transformers"):
+            raise ConfigError(
+                "problem.kl_coef needs problem.fitness=reward and problem.backend=transformers (the KL is "
+                "taken on the candidates' own answers, teacher-forced); drop kl_coef or change those"
             )
         if self.quantization is not None:
             _choice("quantization", self.quantization, QUANTIZATIONS)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -147,8 +148,13 @@ def evaluate(
     out: Path | None = None,
     chunk_size: int | None = None,
     progress: Progress | None = None,
+    kl_to: str | Path | None = None,
 ) -> dict[str, Any]:
     """Greedy mean reward and accuracy (exact answers) of the model, or model + `adapter`, on a split.
+
+    With `kl_to` (`BASE` or a PEFT adapter directory), also the KL from that reference model on the
+    model's own answers (`gfo_llm.kl.answer_kl`): per answer in the records (`kl`), and summed up in
+    the summary's `kl` section (mean per answer token, mean and median per answer).
 
     `adapter` defaults to `config.init_adapter`; `limit` keeps the split's first items after the
     first `offset` (fresh items past those a search's held-out evaluation used). Items are
@@ -158,9 +164,12 @@ def evaluate(
     `out/eval.json` (the returned summary).
     """
     cls = _check(problem_name, limit, chunk_size, offset)
+    reference = baseline_adapter(kl_to) if kl_to is not None else None  # checked before any load
     summary, records = _evaluate(
         cls, problem_name, config, adapter, split, limit, chunk_size, progress, offset
     )
+    if kl_to is not None:
+        summary["kl"] = add_kl(config, summary["adapter"], reference, records)
     if out is not None:
         write_results(out, summary, records)
     return summary
@@ -214,6 +223,7 @@ def compare(
     )
     if [(r["prompt"], r["example"]) for r in records] != [(r["prompt"], r["example"]) for r in records_b]:
         raise RuntimeError("gfo eval --compare scored A and B on different items; please report this")
+    summary["kl"] = add_kl(config, summary["adapter"], b_dir, records)
     correct_a = [float(r["reward"]) >= 1.0 for r in records]
     correct_b = [float(r["reward"]) >= 1.0 for r in records_b]
     summary["compare"] = {
@@ -241,6 +251,39 @@ def compare(
         ]
         write_results(out, summary, records, extra={COMPLETIONS_B: records_b, PAIRS: pairs})
     return summary
+
+
+def add_kl(
+    config: LLMConfig, adapter: str | None, reference: str | None, records: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """KL(model + `adapter` || model + `reference`) on each record's answer (its `token_ids`), written
+    into the records as `kl`; returns the summary section."""
+    from gfo_llm.kl import answer_kl
+    from gfo_llm.model import load_model
+
+    if any("token_ids" not in r for r in records):
+        raise GfoError(
+            "the KL needs the answers' token ids, which this engine does not record; use engine=continuous"
+        )
+    model, tokenizer = load_model(config.model, config.dtype, config.cache_dir, config.device)
+    sums = answer_kl(
+        model,
+        tokenizer,
+        adapter,
+        reference,
+        [r["prompt"] for r in records],
+        [r["token_ids"] for r in records],
+    )
+    for record, value in zip(records, sums, strict=True):
+        record["kl"] = value
+    tokens = sum(len(r["token_ids"]) for r in records)
+    return {
+        "reference": reference or BASE,
+        "per_token": sum(sums) / tokens,
+        "per_answer_mean": sum(sums) / len(sums),
+        "per_answer_median": statistics.median(sums),
+        "answer_tokens": tokens,
+    }
 
 
 def baseline_adapter(baseline: str | Path) -> str | None:
@@ -346,6 +389,7 @@ def _evaluate(
         "load_s": round(load_s, 3),
         "wall_s": round(time.perf_counter() - started, 3),
     }
+    problem.close()  # its model's memory is free before the next load (B, or the KL's)
     return summary, records
 
 

@@ -197,7 +197,7 @@ def learn(options: LearnOptions, say: Callable[[str], None] = print) -> dict[str
         directory = out / f"eval-{name}"
         # No --quiet: a 500-item eval takes minutes; `gfo eval` shows a bar, or a line per chunk in a log.
         command = [*gfo_cli, "eval", "--problem", recipe.task, "--limit", str(p.items)]
-        command += [*offset, *common, *seed] + (["--adapter", adapter] if adapter else [])
+        command += [*offset, *common, *seed] + (["--adapter", adapter, "--kl-to", "base"] if adapter else [])
         key = eval_key(command, adapter)
         hit = cache / key if cache is not None else None
         if hit is not None and (hit / "completions.jsonl").is_file():
@@ -284,6 +284,8 @@ def learn(options: LearnOptions, say: Callable[[str], None] = print) -> dict[str
         else None
     )
     base, begin, end = (correct(rows[k], keep) for k in ("base", "start", "final"))
+    # KL from the base model on each model's own fresh answers, per answer token (the base's is 0).
+    kl = {name: kl_per_token(rows[name], keep) for name in ("start", "final")}
     vs_start, vs_base = paired_summary(end, begin), paired_summary(end, base)
 
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
@@ -309,6 +311,7 @@ def learn(options: LearnOptions, say: Callable[[str], None] = print) -> dict[str
         "p_final_vs_start": vs_start["p_value"],
         "p_final_vs_base": vs_base["p_value"],
         "p_start_vs_base": paired_summary(begin, base)["p_value"],
+        "kl_to_base": kl,
         "final_vs_start": vs_start,
         "final_vs_base": vs_base,
         "completions": completions,
@@ -349,7 +352,8 @@ def final_lines(result: dict[str, Any]) -> list[str]:
         f"final {result['final_acc']:.3f} on {result['n_items']} fresh items; p(final vs start) = "
         f"{result['p_final_vs_start']:.2g}, p(final vs base) = {result['p_final_vs_base']:.2g}; "
         f"{result['wall_s'] / 60:.1f} min (SFT {result['sft_wall_s'] / 60:.1f} + search "
-        f"{result['search_wall_s'] / 60:.1f})"
+        f"{result['search_wall_s'] / 60:.1f}); KL to the base model per answer token: start "
+        f"{result['kl_to_base']['start']:.3f}, final {result['kl_to_base']['final']:.3f}"
     ]
     breakdown = result.get("breakdown")
     if breakdown and "topic_named" in breakdown["base"]:
@@ -382,6 +386,15 @@ def task_breakdown(
             return None
         out[name] = report
     return json.loads(json.dumps(out))  # tuples as lists, as the file holds them
+
+
+def kl_per_token(rows: list[dict[str, Any]], keep: list[bool] | None) -> float:
+    """The KL from the base model summed over the kept answers' tokens, per token (0 for the base
+    model itself, whose eval records none)."""
+    kept = rows if keep is None else [r for r, k in zip(rows, keep, strict=True) if k]
+    if not kept or "kl" not in kept[0]:
+        return 0.0
+    return sum(float(r["kl"]) for r in kept) / sum(len(r["token_ids"]) for r in kept)
 
 
 def files_digest(digest: Any, tops: tuple[Path, ...]) -> None:

@@ -253,6 +253,12 @@ class LLMProblem(Problem):
             dtype=torch.float64,
         )
         fitness = rewards.mean(dim=1)
+        penalty: dict[str, torch.Tensor] = {}
+        if self.config.kl_coef > 0:
+            # GRPO's beta term on ES's fitness: the reward less beta x the KL to the start.
+            kl = self.answer_kl(population, prompts, result)
+            penalty = {"reward": fitness.clone(), "kl": kl}
+            fitness = fitness - self.config.kl_coef * kl
         # A non-finite candidate still decodes (to garbage that scores like any wrong answer): mark it
         # NaN so the loop counts it and ranks it last instead of scoring it as a plain 0.
         fitness[~torch.isfinite(population).all(dim=1)] = float("nan")
@@ -279,10 +285,32 @@ class LLMProblem(Problem):
                     [sum(t) / len(t) for t in result.num_tokens], dtype=torch.float64
                 ),
                 **self._rows_in_flight(len(population)),
+                **penalty,
             },
             counters=counters,
             samples=samples,
         )
+
+    def answer_kl(self, vectors: torch.Tensor, prompts: Sequence[str], result: Any) -> torch.Tensor:
+        """Each candidate's KL to the search's start (its initial centre: with a PiSSA start, the base
+        model) on its own answers to `prompts` (a `GenerationResult` of `vectors`): exact over the
+        vocabulary at every answer token, teacher-forced, mean per token. Costs two teacher-forced
+        passes (candidate and start) over each candidate's answers."""
+        from gfo_llm.batched import PopulationGenerator
+
+        engine = self.engine
+        if not isinstance(engine, PopulationGenerator):
+            raise GfoError("the KL to the start needs problem.backend=transformers")
+        start = self.space.center()
+        kl = []
+        for c, vector in enumerate(vectors):
+            answers = result.token_ids[c] if result.token_ids is not None else result.completions[c]
+            if not torch.isfinite(vector).all():
+                kl.append(float("nan"))
+                continue
+            sums, counts = engine.kl(vector, start, prompts, answers)
+            kl.append(float(sums.sum() / counts.sum()))
+        return torch.tensor(kl, dtype=torch.float64)
 
     def _rows_in_flight(self, size: int) -> dict[str, torch.Tensor]:
         """The transformers engine's rows in flight of the last call, for the metrics (the size it
@@ -354,6 +382,9 @@ class LLMProblem(Problem):
                 strict=True,
             )
         ]
+        if result.token_ids is not None:  # exactly what the model chose (text may not round-trip)
+            for record, ids in zip(records, result.token_ids[0], strict=True):
+                record["token_ids"] = ids
         return torch.tensor([sum(r) / len(r) for r in rewards], dtype=torch.float64), records
 
     def rewards(self, completions: Sequence[str], examples: Sequence[Example], where: str) -> list[float]:

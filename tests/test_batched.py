@@ -283,3 +283,37 @@ def test_log_likelihood_refuses_mismatched_or_empty_texts(tiny_lm_copy: tuple[An
         engine.log_likelihood(centre, prompts(tokenizer, 2), ["a"])
     with pytest.raises(GfoError, match="empty prompt or completion"):
         engine.log_likelihood(centre, prompts(tokenizer, 1), [""])
+
+
+@pytest.mark.parametrize(("kind", "row_budget"), [("svd", 64), ("lora", 2)])
+def test_kl_equals_two_full_vocabulary_passes(
+    tiny_lm_copy: tuple[Any, Any], kind: str, row_budget: int
+) -> None:
+    """KL(candidate || reference) summed over each completion's tokens == the same sum from the two
+    PEFT models' own log-softmaxes on each unpadded prompt + completion (fp32); row_budget 2 runs
+    one prompt's two models per pass."""
+    model, tokenizer = tiny_lm_copy
+    lora = init_lora(model, TARGETS, rank=4, method="pissa")
+    reference_base = copy.deepcopy(model)
+    space: Space = SVDSpace(lora) if kind == "svd" else LoRASpace(lora)
+    vectors = make_population(space, 2, 0.5 if kind == "svd" else 0.2)
+    vector, reference = vectors[1], vectors[0]
+    texts = prompts(tokenizer)
+    answers = ["19", "Blue, like the sea and the sky.", "1 2 3 4 5", "Hello" + tokenizer.eos_token]
+    engine = PopulationGenerator(model, tokenizer, space, row_budget=row_budget)
+    sums, counts = engine.kl(vector, reference, texts, answers)
+    models = [peft_model(copy.deepcopy(reference_base), {"c": space.to_lora(v)}) for v in (vector, reference)]
+    for p, (text, answer) in enumerate(zip(texts, answers, strict=True)):
+        head = tokenizer(text, add_special_tokens=False)["input_ids"]
+        tail = tokenizer(answer, add_special_tokens=False)["input_ids"]
+        assert counts[p] == len(tail)
+        with torch.inference_mode():
+            mine, theirs = (
+                torch.log_softmax(m(input_ids=torch.tensor([head + tail])).logits[0, len(head) - 1 : -1], -1)
+                for m in models
+            )
+        expected = (mine.exp() * (mine - theirs)).sum()
+        assert sums[p].item() == pytest.approx(expected.item(), rel=1e-3, abs=1e-5)
+    assert (sums > 0).all()  # the candidate differs from the reference on every answer
+    same, _ = engine.kl(reference, reference, texts, answers)
+    assert same.abs().max() < 1e-5  # a model is at KL 0 from itself
