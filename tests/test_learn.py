@@ -48,6 +48,8 @@ def test_learn_end_to_end(tiny_model_dir: Path, tmp_path: Path, sft: bool) -> No
     assert saved["completions"] is None and saved["scored_references"] == 2 * 2 * 2
     assert saved["reference_tokens"] > saved["scored_references"]
     assert (saved["sft_wall_s"] > 0) == sft and Path(saved["adapter"], "adapter_config.json").is_file()
+    # KL from the base model on the fresh answers: the final adapter moved; a PiSSA start is the base.
+    assert saved["kl_to_base"]["final"] > 0 and (saved["kl_to_base"]["start"] > 0) == sft
     if sft:  # the adapter's shape (rank, target_modules) goes to the SFT step: the search starts from it
         config = json.loads((out.with_suffix("") / "sft" / "adapter" / "adapter_config.json").read_text())
         assert config["r"] == 4
