@@ -10,9 +10,9 @@ from contextlib import contextmanager
 def one_thread() -> Iterator[None]:
     """Run the block on one torch thread, then restore the thread count.
 
-    Small products and decompositions lose to OpenMP's spinning workers on a busy 2-core machine:
-    a 576x576 SVD took 14-30 s on two threads against 0.06 s on one, and EvoTorch's CMA-ES at
-    d = 10 took 8 ms per generation against 0.3 ms (measured here).
+    Small products and decompositions run many times slower among OpenMP's spinning workers on a
+    busy 2-core machine than on one thread (EvoTorch's CMA-ES: docs/benchmarking.md, the BBOB cells;
+    the tiny model: docs/lab/first-measurements.md).
     """
     import torch
 

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 # Padded positions per prefill forward pass: a CPU runs big prefill batches slower per token
-# (256 x 62 tokens at half the rate of 16 x 62, measured in bf16).
+# (docs/performance.md).
 PREFILL_POSITIONS = 1024
 
 
@@ -109,9 +109,8 @@ def greedy_decode(
     longest common token prefix (a chat template's system turn) is computed once per group and
     its KV cache shared by the group's rows. A row is refilled into the batch once `refill_at`
     slots are free (default: an eighth of the budget), in prefill groups of at most
-    `prefill_tokens` padded positions (a CPU runs big prefill batches slower per token: 256 x 62
-    tokens at half the rate of 16 x 62, measured in bf16). Returns tokens, finished flags (False:
-    the cap) and statistics.
+    `prefill_tokens` padded positions (a CPU runs big prefill batches slower per token:
+    docs/performance.md). Returns tokens, finished flags (False: the cap) and statistics.
     """
     from transformers import DynamicCache
 

@@ -1,6 +1,6 @@
 """Loading the causal LM that gfo adapts: the bundled SmolLM2 GGUF, a local directory or a hub id.
 
-GGUF files are dequantized by transformers on every load (about 20 s for SmolLM2-135M), so the
+GGUF files are dequantized by transformers on every load (its time: docs/llm.md), so the
 first load converts the file once into an ordinary safetensors model directory under the cache
 folder; later loads read that directory in under a second with identical weights. The directory
 is also what an exported adapter names as its base model, so vLLM and PEFT can load both.
@@ -95,8 +95,8 @@ def native_bf16(device: torch.device | str | None = None) -> bool:
     """Whether bf16 matrix products run natively on `device` (default: where `auto` would run): a
     CUDA device, or a CPU with AVX512-BF16/AMX.
 
-    On a CPU without them (AVX2 only, as on the 2-core development machine) bf16 is emulated and
-    measured 1.3x (batch 8) to 4x (batch 64) slower than fp32 (docs/performance.md).
+    On a CPU without them (AVX2 only) bf16 is emulated, and slower than fp32 the more so the larger
+    the batch (docs/performance.md).
     """
     kind = torch.device(device).type if device is not None else resolve_device("auto").type
     if kind == "cuda":

@@ -72,7 +72,7 @@ class VLLMGenerator:
     `model_dir` is an ordinary model directory or hub id holding the ORIGINAL weights (for the
     bundled GGUF, the converted safetensors cache folder: vLLM does not read the GGUF here).
     `residual` is the PiSSA start (`init_lora` output) when the space was built on residual
-    weights, None otherwise. The engine starts on the first call (about 100 s on a 2-core CPU);
+    weights, None otherwise. The engine starts on the first call (minutes on a CPU: docs/scaling.md);
     `max_loras=0` then sizes its adapter slots to that call's candidates.
     """
 

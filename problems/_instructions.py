@@ -34,9 +34,9 @@ JSON = "detectable_format:json_format"
 TITLE = "detectable_format:title"
 POSTSCRIPT = "detectable_content:postscript"
 
-# Parameter ranges. The word bounds bracket the bundled model's short paragraphs (MISSION.md: 94%
-# already stay under 30 words when asked) to move base compliance off the extremes; measured values
-# belong in docs/tasks.md.
+# Parameter ranges. The word bounds bracket the bundled model's short paragraphs (most already stay
+# under 30 words when asked) to move base compliance off the extremes; the measured rates are in
+# docs/tasks.md.
 LESS_THAN_WORDS = (15, 20, 25)
 AT_LEAST_WORDS = (40, 50, 60)
 BULLET_COUNTS = (2, 3, 4)

@@ -1,7 +1,7 @@
 """Procedural arithmetic ("12 + 7 - 3"): offline, seeded, with partial credit for small models.
 
 Level 1 (2-3 terms of 1-2 digits, + and -) is where the bundled 135M model has a usable signal
-on CPU (10-20% greedy, see MISSION.md); levels 2 and 3 are harder for larger models. Partial
+on CPU (its greedy accuracy: docs/tasks.md); levels 2 and 3 are harder for larger models. Partial
 credit is opt-in and stays below 1, so that accuracy (reward >= 1) is still the exact answer:
 `problem.format_bonus` for the `#### N` line, `problem.step_credit` for the worked steps a wrong
 answer got right, each checked by computing it (a process reward that needs no reference text).

@@ -86,7 +86,7 @@ class BBOB(Problem):
         if self._coco is None:
             cocoex = import_cocoex()
             c = self.config
-            # A suite of this one problem: building the full suite costs 0.2 s, this one 50 us.
+            # A suite of this one problem: building the full suite costs thousands of times more.
             options = f"function_indices: {c.function} dimensions: {c.dim}"
             self._suite = cocoex.Suite("bbob", f"instances: {c.instance}", options)
             self._coco = self._suite.get_problem_by_function_dimension_instance(c.function, c.dim, c.instance)

@@ -54,9 +54,9 @@ REQUESTS = (
     "Describe a memory of {topic}.",
     "Write a short letter to a newspaper about {topic}.",
 )
-# Not near 0% or 100% on the bundled model, one per prompt (docs/tasks.md, measured): word count
-# 89%, keyword 19%, bullets 72%, no comma 26%, postscript 50%. Quotation (0%) left the default in
-# session 5; it and the other near-0% or near-100% ids stay available.
+# Not near 0% or 100% on the bundled model, one per prompt (the rates: docs/tasks.md): word count,
+# keyword, bullets, no comma, postscript. Quotation (near 0%) is no longer among them; it and the
+# other near-0% or near-100% ids stay available.
 DEFAULT_CONSTRAINTS = (ins.NUMBER_WORDS, ins.EXISTENCE, ins.BULLETS, ins.NO_COMMA, ins.POSTSCRIPT)
 MIN_WORDS_MAX = max(ins.AT_LEAST_WORDS)  # `problem.min_words` at most: what the witness's filler reaches
 
@@ -115,7 +115,7 @@ class InstructConfig(GeneratedConfig):
         default=96,
         metadata={
             "help": "generation cap per completion; at 64 tokens 56% of the bundled model's "
-            "'end with this phrase' answers were cut off (MISSION.md), failing end-of-answer instructions"
+            "'end with this phrase' answers were cut off (docs/tasks.md), failing end-of-answer instructions"
         },
     )
     on_topic: bool = field(

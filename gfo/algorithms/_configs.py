@@ -128,7 +128,7 @@ class NESConfig:
 @dataclass(frozen=True)
 class XNESConfig(NESConfig):
     """xNES (Glasmachers et al. 2010). The paper's sigma rate is slow in 20+ dimensions; gfo doubles it
-    and uses a population of at least 32 (20-d sphere: ~12000x in 300 generations instead of ~100x)."""
+    and uses a population of at least 32 (the sphere before and after: docs/algorithms.md)."""
 
     popsize: int | None = field(default=None, metadata={"help": "default max(32, 4 + 3 ln n)"})
     stdev_learning_rate: float = field(default=2.0, metadata={"help": "multiplier of the paper's sigma rate"})

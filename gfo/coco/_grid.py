@@ -27,7 +27,7 @@ GROUPS = {
 }
 CELL_FILE = "cell.json"
 #: What a grid defaults to: every function at 2, 5 and 10 dimensions, 3 instances, 100 x D
-#: evaluations. A gfo algorithm runs it in about 10 s of CPU (docs/benchmarking.md).
+#: evaluations: seconds of CPU for a gfo algorithm (docs/benchmarking.md, the default grid).
 DEFAULT_FUNCTIONS = "1-24"
 DEFAULT_DIMS = "2,5,10"
 DEFAULT_INSTANCES = "1-3"
