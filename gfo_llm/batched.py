@@ -469,7 +469,7 @@ class PopulationGenerator:
                     use_cache=cache is not None,
                     # Indices, not a count: the model then gathers those positions into a contiguous
                     # tensor, and its vocabulary projection is one matrix product. With a count the
-                    # strided slice made torch copy the 49k x 576 head once per row (68% of the time).
+                    # strided slice made torch copy the 49k x 576 head once per row (docs/performance.md).
                     logits_to_keep=torch.arange(
                         chunk_ids.shape[1] - last - 1, chunk_ids.shape[1], device=device
                     ),
