@@ -50,7 +50,7 @@ def test_ask_shape_and_center(name: str) -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_sphere_reduced_1000x_in_300_generations(name: str) -> None:
-    """Issue 2's bar: defaults reduce the 20-d sphere 1000x (first mean / final best) in 300 generations."""
+    """The defaults reduce the 20-d sphere 1000x (first mean / final best) in 300 generations."""
     first_mean, best = sphere_run(name, 300)
     assert first_mean / best >= 1000, (name, first_mean, best)
 
@@ -197,7 +197,7 @@ def test_ask_tell_equals_evotorchs_own_step(
 
 
 def test_the_adapter_names_no_evotorch_internals() -> None:
-    """EvoTorch's private names are reached only through `gfo._evotorch_private` (issue 13)."""
+    """EvoTorch's private names are reached only through `gfo._evotorch_private`."""
     import ast
     from pathlib import Path
 

@@ -1,4 +1,4 @@
-"""Bad input (issue 7): one line on stderr naming what was wrong and the fix, exit code 2, no traceback,
+"""Bad input: one line on stderr naming what was wrong and the fix, exit code 2, no traceback,
 nothing already written changed. Also non-finite fitness, which is bad input from the problem.
 
 `CASES` is the table of docs/reliability.md: `python tests/test_bad_input.py` rewrites it there, and

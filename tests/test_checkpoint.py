@@ -1,4 +1,4 @@
-"""Checkpoints (issue 7): atomic writes, a SHA-256 header that catches torn or corrupt files, a fallback
+"""Checkpoints: atomic writes, a SHA-256 header that catches torn or corrupt files, a fallback
 to the previous checkpoint with a warning, and loading through `torch.load(weights_only=True)` only."""
 
 from __future__ import annotations

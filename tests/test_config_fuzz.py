@@ -1,4 +1,4 @@
-"""Bad configuration values never crash (issue 14, item 6): every `--set` value and every TOML file
+"""Bad configuration values never crash: every `--set` value and every TOML file
 ends as a valid run or as one line on stderr with exit code 2, for every registered algorithm,
 problem and setting.
 

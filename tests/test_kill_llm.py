@@ -1,4 +1,4 @@
-"""Kill tests of an LLM run (issue 14): a real `gfo run` of a tiny-model LLM problem, killed in each
+"""Kill tests of an LLM run: a real `gfo run` of a tiny-model LLM problem, killed in each
 phase of its work, resumes to the results of a run never stopped.
 
 SIGKILL lands during a generation, during a held-out evaluation, during the checkpoint write and

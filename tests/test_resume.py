@@ -1,4 +1,4 @@
-"""Exact resume (issue 7): a run stopped anywhere and resumed ends bit-identical to one never stopped.
+"""Exact resume: a run stopped anywhere and resumed ends bit-identical to one never stopped.
 
 "Identical" means every line of metrics.jsonl minus its timing keys, best.safetensors, the final
 algorithm state (centre, step sizes, RNG) and summary.json minus timing. The in-process tests split

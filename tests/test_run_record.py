@@ -1,4 +1,4 @@
-"""The run record is right however the run ends (issue 14): final held-out scores whatever stops the
+"""The run record is right however the run ends: final held-out scores whatever stops the
 run, strict JSON with honest statistics, and memory per generation."""
 
 from __future__ import annotations

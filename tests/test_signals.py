@@ -1,4 +1,4 @@
-"""Signals (issue 7): SIGINT/SIGTERM stop a real `gfo run` at the next safe point with a checkpoint, a
+"""Signals: SIGINT/SIGTERM stop a real `gfo run` at the next safe point with a checkpoint, a
 resume hint and exit code 130/143; a second Ctrl-C exits at once and leaves a resumable run."""
 
 from __future__ import annotations
