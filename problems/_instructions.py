@@ -107,8 +107,10 @@ def forbidden_words(text: str, forbidden_words: list[str]) -> bool:
 
 
 def end_checker(text: str, end_phrase: str) -> bool:
-    """The stripped text ends with the phrase, case-insensitive (IFEval's check)."""
-    return text.strip().lower().endswith(end_phrase.strip().lower())
+    """The text ends with the phrase, case-insensitive, once stripped of whitespace and then of the
+    straight double quotes around it (IFEval's check: `"... Any other questions?"` passes, since
+    the prompt quotes the phrase and a model may copy the quotes)."""
+    return text.strip().strip('"').lower().endswith(end_phrase.strip().lower())
 
 
 def quotation(text: str) -> bool:

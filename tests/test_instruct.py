@@ -92,6 +92,22 @@ CHECKS: list[tuple[str, dict[str, Any], list[str], list[str]]] = [
         ["Any other questions? Yes.", "Any other questions", "Any other question?"],
     ),
     (
+        ins.END,  # IFEval strips whitespace, then straight double quotes, at both ends
+        {"end_phrase": "Any other questions?"},
+        [
+            '"Text. Any other questions?"',  # the prompt quotes the phrase; a model may copy the quotes
+            'Text. "Any other questions?"',
+            ' "Text. Any other questions?" \n',
+            'Text. Any other questions?""',
+        ],
+        [
+            '"Text. Any other questions? "',  # whitespace inside the quote stays
+            '"Text. Any other questions?".',
+            "Text. “Any other questions?”",  # curly quotes are not stripped
+            "'Text. Any other questions?'",
+        ],
+    ),
+    (
         ins.QUOTATION,
         {},
         ['"Hello there."', '  "Multi\nline"  \n', '"a"'],
