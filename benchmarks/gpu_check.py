@@ -30,6 +30,9 @@ P x B (`--cases`, default ESSA-sized 32 x 32 and 96 x 100), in `--dtype` (bf16 o
               minutes);
   sequential  per candidate: merge B A into the weights, decode its B prompts through the same
               loop; timed on the first `--sequential-candidates` candidates, scaled to P.
+  lowrank_in_model_dtype  the population with its per-row low-rank terms in the model's dtype
+              (bf16) instead of float32: `lowrank_in_model_dtype_over_population` and the rows whose
+              tokens equal the float32 term's decide whether the term may leave float32 on a GPU.
 
 Per method: seconds, generated tokens/s, completions/s, peak GPU memory
 (`torch.cuda.max_memory_allocated`, reset per method; on a CPU the process's peak RSS instead),
@@ -289,6 +292,7 @@ class Bench:
         most = max(b for _, b in [*args.case_list, (0, args.check_prompts)])
         self.prompts = make_prompts(most, self.vocab, args.prompt_range, args.prefix_tokens, args.seed)
         self.memory = Memory(device)
+        self.population_tokens: list[list[list[int]]] | None = None  # the float32 term's, to compare
         self.model = self._build(dtype)
 
     def _build(self, dtype: torch.dtype) -> Any:
@@ -326,10 +330,12 @@ class Bench:
         g = torch.Generator().manual_seed(self.args.seed + 1)
         return space.center() + spread * torch.randn(count, space.dim, generator=g)
 
-    def engine(self, space: Any) -> Any:
+    def engine(self, space: Any, lowrank_dtype: torch.dtype = torch.float32) -> Any:
         from gfo_llm.batched import PopulationGenerator
 
-        return PopulationGenerator(self.model, self.tokenizer, space, row_budget=self.args.row_budget)
+        return PopulationGenerator(
+            self.model, self.tokenizer, space, row_budget=self.args.row_budget, lowrank_dtype=lowrank_dtype
+        )
 
     def padded(self, prompts: list[list[int]], copies: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded ids and attention mask of the prompts, `copies` times, on the device."""
@@ -490,10 +496,18 @@ class Bench:
         return value, time.perf_counter() - started
 
     def population(
-        self, space: Any, vectors: torch.Tensor, b: int, profile: Profiler | None
+        self,
+        space: Any,
+        vectors: torch.Tensor,
+        b: int,
+        profile: Profiler | None,
+        compare: torch.dtype | None = None,
     ) -> dict[str, Any]:
+        """The population engine's rows; with `compare`, its low-rank terms in that dtype, and the
+        rows whose tokens equal those of the last call without it (the float32 term)."""
+        lowrank_dtype = compare or torch.float32
         a, prompts = self.args, self.prompts[:b]
-        engine = self.engine(space)
+        engine = self.engine(space, lowrank_dtype)
         try:
             engine_tokens(engine, vectors[:2], prompts, 2)  # warm-up: lazy inits, kernel choices
             self.memory.reset()
@@ -506,6 +520,15 @@ class Bench:
             result["tokens"] = sum(lengths)
             result["rows_in_flight"] = engine.row_budget
             result["decode_stats"] = _stats(stats)
+            result["lowrank_dtype"] = str(lowrank_dtype).removeprefix("torch.")
+            if compare is None:
+                self.population_tokens = tokens
+            elif self.population_tokens is not None:  # rows whose tokens equal the float32 term's
+                pairs = [
+                    (x, y) for rows, ref in zip(tokens, self.population_tokens, strict=True)
+                    for x, y in zip(rows, ref, strict=True)
+                ]  # fmt: skip
+                result["same_rows_as_population"] = f"{sum(x == y for x, y in pairs)}/{len(pairs)}"
             if profile is not None:
                 profile.run(
                     self, "population", lambda: engine_tokens(engine, vectors, prompts, a.profile_tokens)
@@ -726,6 +749,11 @@ class Run:
             vectors = bench.vectors(space, p, a.spread)
             runs: dict[str, Callable[[], dict[str, Any]]] = {
                 "population": lambda: bench.population(space, vectors, b, self.profile if first else None),
+                # Whether the low-rank term may leave float32 on this device: the same rows with the
+                # term in the model's dtype (issue 30 asks for the decision by measurement).
+                "lowrank_in_model_dtype": lambda: bench.population(
+                    space, vectors, b, None, bench.model.dtype
+                ),
                 "plain": lambda: bench.plain(p, b, self.profile if first else None),
                 "peft_mixed": lambda: bench.peft_mixed(space, vectors, b),
                 "sequential": lambda: bench.sequential(space, vectors, b),
@@ -794,6 +822,10 @@ class Run:
         for other in METHODS[1:]:
             value = population / rate[other] if population and rate.get(other) else None
             case[f"population_over_{other}"] = value
+        lowrank = rate.get("lowrank_in_model_dtype")
+        case["lowrank_in_model_dtype_over_population"] = (
+            lowrank / population if lowrank and population else None
+        )
         memory = Memory(self.device).key
         case[memory] = {m: r.get(memory) for m, r in methods.items()}
         case["mfu"] = {m: r.get("mfu") for m, r in methods.items()}

@@ -99,8 +99,10 @@ class PopulationGenerator:
     (a chunk holds whole candidates when `row_budget >= B`, otherwise one candidate and a slice of
     the prompts) and runs each chunk until its longest row stops.
 
-    `row_budget=None` sizes it for the device: `CPU_ROW_BUDGET` on a CPU; on CUDA, per call, as many
-    rows as the free memory holds (`gpu_row_budget`). A CUDA out-of-memory error halves the rows in
+    `lowrank_dtype` is the dtype of the per-row low-rank terms (float32: PEFT's arithmetic, and on a
+    CPU the fast one; `gfo_llm.layers.PopulationLinear`). `row_budget=None` sizes the rows in flight
+    for the device: `CPU_ROW_BUDGET` on a CPU; on CUDA, per call, as many rows as the free memory
+    holds (`gpu_row_budget`). A CUDA out-of-memory error halves the rows in
     flight and runs the call again, so no call is lost; the smaller size then holds for later calls.
     """
 
@@ -111,6 +113,7 @@ class PopulationGenerator:
         space: Space,
         row_budget: int | None = CPU_ROW_BUDGET,
         engine: str = "continuous",
+        lowrank_dtype: torch.dtype = torch.float32,
     ) -> None:
         if row_budget is not None and row_budget < 1:
             raise GfoError(f"row_budget must be >= 1; got {row_budget}, use e.g. 64 or None (by device)")
@@ -123,7 +126,7 @@ class PopulationGenerator:
         self.requested_budget = row_budget
         self.row_budget = row_budget or CPU_ROW_BUDGET  # the rows in flight of the last call
         self.engine = engine
-        self.layers = install(model, space.modules)
+        self.layers = install(model, space.modules, lowrank_dtype)
         self._eos = eos_ids(model, tokenizer)
         self._ceiling: int | None = None  # after an out-of-memory error: at most this many rows
         self._factors: dict[str, SVDFactors] = {}

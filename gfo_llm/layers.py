@@ -50,16 +50,19 @@ class Rows:
 class PopulationLinear(nn.Module):
     """A linear layer plus a per-row low-rank term; with no population selected it is the base layer.
 
-    The low-rank term is computed in float32 (small matrix products are slow in bf16 on CPU, and
-    PEFT computes it in float32 too) and added to the base output in float32 before casting back,
-    which is PEFT's arithmetic for a bf16 model with float32 adapter weights.
+    The low-rank term is computed in `compute_dtype`, float32 by default (small matrix products are
+    slow in bf16 on CPU, and PEFT computes it in float32 too) and added to the base output in float32
+    before casting back, which is PEFT's arithmetic for a bf16 model with float32 adapter weights.
+    With `compute_dtype` the model's own dtype (bf16 on a GPU, `benchmarks/gpu_check.py` measures
+    both), the term is computed and added in that dtype.
     """
 
-    def __init__(self, base: nn.Linear) -> None:
+    def __init__(self, base: nn.Linear, compute_dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self.base = base
         self.in_features = base.in_features
         self.out_features = base.out_features
+        self.compute_dtype = compute_dtype
         self._delta: _Delta | None = None
 
     @property
@@ -70,19 +73,19 @@ class PopulationLinear(nn.Module):
         out = self.base(x)
         if self._delta is None:
             return out
-        if out.dtype == torch.float32:
+        if out.dtype == self.compute_dtype:
             return out.add_(self._delta(x))
-        return (out.float() + self._delta(x.float())).to(out.dtype)
+        return (out.to(self.compute_dtype) + self._delta(x.to(self.compute_dtype))).to(out.dtype)
 
     def select(self, name: str, population: Population, rows: Rows, factors: SVDFactors | None) -> None:
         """Route each row of the next forward passes through its candidate's adapter."""
-        device = self.base.weight.device
+        device, dtype = self.base.weight.device, self.compute_dtype
         if isinstance(population, SVDPopulation):
             assert factors is not None
             scales = population.scales_a[name], population.scales_b[name]
-            self._delta = _SVDRows(factors, *scales, rows, device)
+            self._delta = _SVDRows(factors, *scales, rows, device, dtype)
         else:
-            self._delta = _LoRARows(population.a[name], population.b[name], rows, device)
+            self._delta = _LoRARows(population.a[name], population.b[name], rows, device, dtype)
 
     def clear(self) -> None:
         self._delta = None
@@ -97,14 +100,20 @@ class _SVDRows(_Delta):
     """`((x V_A) * s_A) M * s_B U_B^T`: only the two scalings are per row."""
 
     def __init__(
-        self, factors: SVDFactors, scales_a: Tensor, scales_b: Tensor, rows: Rows, device: torch.device
+        self,
+        factors: SVDFactors,
+        scales_a: Tensor,
+        scales_b: Tensor,
+        rows: Rows,
+        device: torch.device,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
-        self.v_a = factors.v_a.to(device)
-        self.m = factors.m.to(device)
-        self.u_b_t = factors.u_b.T.contiguous().to(device)
+        self.v_a = factors.v_a.to(device, dtype)
+        self.m = factors.m.to(device, dtype)
+        self.u_b_t = factors.u_b.T.contiguous().to(device, dtype)
         # (rows, 1, r): broadcasts over the sequence dimension of (rows, seq, r).
-        self.scales_a = scales_a[rows.index].unsqueeze(1).to(device)
-        self.scales_b = scales_b[rows.index].unsqueeze(1).to(device)
+        self.scales_a = scales_a[rows.index].unsqueeze(1).to(device, dtype)
+        self.scales_b = scales_b[rows.index].unsqueeze(1).to(device, dtype)
 
     def __call__(self, x: Tensor) -> Tensor:
         h = (x @ self.v_a).mul_(self.scales_a)
@@ -115,15 +124,17 @@ class _SVDRows(_Delta):
 class _LoRARows(_Delta):
     """`x A_i^T B_i^T` with the candidates' own factors, batched by candidate block or by row."""
 
-    def __init__(self, a: Tensor, b: Tensor, rows: Rows, device: torch.device) -> None:
+    def __init__(
+        self, a: Tensor, b: Tensor, rows: Rows, device: torch.device, dtype: torch.dtype = torch.float32
+    ) -> None:
         self.blocks = rows.blocks
         if rows.blocks is not None:
             start, count, _ = rows.blocks
             a, b = a[start : start + count], b[start : start + count]
         else:
             a, b = a[rows.index], b[rows.index]
-        self.a_t = a.transpose(1, 2).to(device)  # (n, in, r)
-        self.b_t = b.transpose(1, 2).to(device)  # (n, r, out)
+        self.a_t = a.transpose(1, 2).to(device, dtype)  # (n, in, r)
+        self.b_t = b.transpose(1, 2).to(device, dtype)  # (n, r, out)
 
     def __call__(self, x: Tensor) -> Tensor:
         rows, seq, _ = x.shape
@@ -135,13 +146,17 @@ class _LoRARows(_Delta):
         return torch.bmm(torch.bmm(x, self.a_t), self.b_t)
 
 
-def install(model: nn.Module, modules: Sequence[str]) -> dict[str, PopulationLinear]:
-    """Wrap the named `nn.Linear` modules of `model` in `PopulationLinear` (idempotent)."""
+def install(
+    model: nn.Module, modules: Sequence[str], compute_dtype: torch.dtype = torch.float32
+) -> dict[str, PopulationLinear]:
+    """Wrap the named `nn.Linear` modules of `model` in `PopulationLinear` (idempotent; the low-rank
+    term of every wrapped layer is computed in `compute_dtype`)."""
     layers: dict[str, PopulationLinear] = {}
     named = dict(model.named_modules())
     for name in modules:
         module = named.get(name)
         if isinstance(module, PopulationLinear):
+            module.compute_dtype = compute_dtype
             layers[name] = module
             continue
         if not isinstance(module, nn.Linear):
@@ -149,7 +164,7 @@ def install(model: nn.Module, modules: Sequence[str]) -> dict[str, PopulationLin
                 f"module {name!r} is not a linear layer of this model; the space was built for another model"
             )
         parent_name, _, child = name.rpartition(".")
-        wrapper = PopulationLinear(module)
+        wrapper = PopulationLinear(module, compute_dtype)
         setattr(named[parent_name] if parent_name else model, child, wrapper)
         layers[name] = wrapper
     return layers

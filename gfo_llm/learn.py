@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
 import json
 import resource
 import shutil
@@ -32,14 +33,21 @@ from typing import Any
 
 import gfo
 import gfo_llm
-import problems
 from gfo.errors import GfoError
 from gfo_llm.evaluate import fresh_items, unseen
 from gfo_llm.recipe import Recipe, load_recipe
 
 ADAPTER_SHAPE = ("target_modules", "rank")  # search settings that the SFT (and GRPO) step takes too
-# What an eval's numbers depend on: the code that scores (a docs change keeps the cached evals).
-SCORING_CODE = tuple(Path(next(iter(m.__path__))) for m in (gfo, gfo_llm, problems))
+
+
+def scoring_code(task: str) -> tuple[Path, ...]:
+    """What an eval's numbers depend on: gfo's and gfo_llm's code and the package of the task's own
+    module (a docs change keeps the cached evals)."""
+    from gfo.registry import PROBLEMS
+
+    module = sys.modules[PROBLEMS.get(task).__module__].__name__.split(".")[0]
+    packages = [gfo, gfo_llm, importlib.import_module(module)]
+    return tuple(Path(getattr(m, "__path__", [Path(str(m.__file__)).parent])[0]) for m in packages)
 
 
 @dataclass(frozen=True)
@@ -179,6 +187,7 @@ def learn(options: LearnOptions, say: Callable[[str], None] = print) -> dict[str
     steps: list[dict[str, Any]] = []
     scored: dict[str, Path] = {}
     eval_s = 0.0
+    code = scoring_code(recipe.task)
     cache: Path | None = (
         options.json.parent / "eval-cache" if options.eval_cache is None else options.eval_cache
     )
@@ -198,7 +207,7 @@ def learn(options: LearnOptions, say: Callable[[str], None] = print) -> dict[str
         # No --quiet: a 500-item eval takes minutes; `gfo eval` shows a bar, or a line per chunk in a log.
         command = [*gfo_cli, "eval", "--problem", recipe.task, "--limit", str(p.items)]
         command += [*offset, *common, *seed] + (["--adapter", adapter, "--kl-to", "base"] if adapter else [])
-        key = eval_key(command, adapter)
+        key = eval_key(command, adapter, code)
         hit = cache / key if cache is not None else None
         if hit is not None and (hit / "completions.jsonl").is_file():
             say(f"{name}: reusing the eval in {hit} (same command and adapter files)")
@@ -405,7 +414,7 @@ def files_digest(digest: Any, tops: tuple[Path, ...]) -> None:
                 digest.update(str(path.relative_to(top.parent)).encode() + path.read_bytes())
 
 
-def eval_key(command: list[str], adapter: str | None, code: tuple[Path, ...] = SCORING_CODE) -> str:
+def eval_key(command: list[str], adapter: str | None, code: tuple[Path, ...]) -> str:
     """What makes two fresh-item evals the same: the command (less the interpreter), the bytes of the
     code that scores (not the commit: a docs commit keeps the evals) and those of the adapter's files."""
     digest = hashlib.sha256(json.dumps(command[1:]).encode())
