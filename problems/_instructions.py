@@ -94,9 +94,12 @@ def no_comma(text: str) -> bool:
 
 
 def existence(text: str, keywords: list[str]) -> bool:
-    """Every keyword occurs, case-insensitive, as a substring ("friends" has "friend"), as in IFEval."""
-    lowered = text.lower()
-    return all(keyword.lower() in lowered for keyword in keywords)
+    """Every keyword occurs, case-insensitive, as a substring ("friends" has "friend"), as in IFEval.
+
+    IFEval's `re.search(keyword, text, re.IGNORECASE)`, the keyword escaped: `re`'s case folding,
+    not `str.lower()`'s, so "FRİEND" (a dotted capital I) has "friend" as in IFEval.
+    """
+    return all(re.search(re.escape(keyword), text, flags=re.IGNORECASE) for keyword in keywords)
 
 
 def forbidden_words(text: str, forbidden_words: list[str]) -> bool:
