@@ -4,9 +4,11 @@ The ids, wordings and checks follow IFEval (Zhou et al. 2023, arXiv 2311.07911, 
 google-research/instruction_following_eval) so that results read alike. Checks are IFEval's *strict*
 variant: the response as it is, each checker stripping surrounding whitespace only where IFEval's
 does (its *loose* variant, which also retries without the first or last line or without `*`, is not
-applied). Where a check differs from IFEval's, the docstring says so; the main differences are no
-language detection (the bundled model writes English) and linear-time scans instead of the regular
-expressions that backtrack quadratically on long whitespace or bracket runs.
+applied). Where a check differs from IFEval's, the docstring says so; the main difference is no
+language detection (the bundled model writes English). Linear-time scans replace the regular
+expressions that backtrack quadratically on long whitespace or bracket runs. docs/tasks.md lists
+every deliberate difference, and tests/test_ifeval_conformance.py runs IFEval's own checkers beside
+these, failing on any other.
 
 Every checker takes text a caller has already bounded (`problems.instruct` caps the length) and
 never raises on any string. JSON is parsed with `json.loads`, never evaluated.
