@@ -72,12 +72,12 @@ class Summary:
 
 def search(
     problem: Problem | str,
-    algo: str = "pgpe",
+    algo: str | None = None,
     *,
     out: str | Path | None = None,
     generations: int | None = None,
     popsize: int | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     resume: bool = False,
     force: bool = False,
     progress: bool = False,
@@ -90,13 +90,14 @@ def search(
     `problem` is a `gfo.Problem` instance (no registry needed) or a registered problem's name.
     `settings` are the algorithm's, the run's and, for a problem given by name, the problem's
     settings by key, each checked like `--set` (`gfo list` shows them; an unknown key or a bad
-    value is a `gfo.errors.ConfigError` naming it). `out` defaults to `runs/<problem>-<algo>-s<seed>`;
-    an existing run there is refused unless `force` (overwrite) or `resume`.
+    value is a `gfo.errors.ConfigError` naming it). `algo` defaults to `pgpe` and `seed` to 0, or,
+    with `resume`, to the run's own. `out` defaults to `runs/<problem>-<algo>-s<seed>`; an existing
+    run there is refused unless `force` (overwrite) or `resume`. A resumed instance must have the
+    settings the run was started with (its `config` is compared with the run's `config.toml`).
     """
     from gfo.loop import prepare_run_dir
     from gfo.loop import run as run_loop
 
-    algo_class = ALGORITHMS.get(algo)
     if isinstance(problem, str):
         name, instance, problem_class = problem, None, PROBLEMS.get(problem)
     elif isinstance(problem, Problem):
@@ -106,9 +107,14 @@ def search(
             "problem must be a gfo.Problem instance or a registered problem's name; "
             f"got {type(problem).__name__}"
         )
-    folder = Path(out) if out is not None else Path("runs") / f"{name}-{algo}-s{seed}"
+    folder = Path(out) if out is not None else Path("runs") / f"{name}-{algo or 'pgpe'}-s{seed or 0}"
     # A resume starts from the run's saved settings, as `gfo run --resume` does; the call's win.
     saved = cfg.read_toml(folder / "config.toml") if resume and (folder / "config.toml").is_file() else {}
+    algo = algo or str(saved.get("algorithm", "pgpe"))
+    seed = int(saved.get("run", {}).get("seed", 0)) if seed is None else seed
+    algo_class = ALGORITHMS.get(algo)
+    if instance is not None and saved.get("problem"):
+        _same_problem(instance, saved["problem"])
     sections: dict[str, dict[str, Any]] = {
         s: dict(saved.get(s, {})) if saved.get("algorithm") == algo or s != "algo" else {}
         for s in ("algo", "run", "problem")
@@ -148,6 +154,23 @@ def search(
     prepare_run_dir(folder, resume=resume, force=force)
     run_loop(spec, folder, resume=resume, callbacks=list(callbacks), problem=instance)
     return Summary.read(folder)
+
+
+def _same_problem(instance: Problem, saved: dict[str, Any]) -> None:
+    """Refuse to resume a run with an instance whose settings differ from those the run was started
+    with: the checkpoint's population belongs to that problem."""
+    given = type(instance.config)
+    before = cfg.build(given, saved, "problem")
+    changed = [
+        f"{f.name} (the run's {getattr(before, f.name)!r}, given {getattr(instance.config, f.name)!r})"
+        for f in dataclasses.fields(given)
+        if getattr(before, f.name) != getattr(instance.config, f.name)
+    ]
+    if changed:
+        raise ConfigError(
+            f"resume: the problem's settings differ from the run's: {'; '.join(changed)}; build the "
+            "problem with the run's settings (its config.toml) or start a new run"
+        )
 
 
 def _name(problem: Problem) -> str:

@@ -59,6 +59,18 @@ def test_search_takes_a_problem_instance_and_creates_the_run_folder(tmp_path: Pa
     assert more.generations == 60 and more.best <= result.best
 
 
+def test_resume_keeps_the_runs_seed_and_algorithm_and_refuses_other_problem_settings(tmp_path: Path) -> None:
+    out = tmp_path / "r"
+    gfo.search(Shifted(ShiftConfig()), "sep-cmaes", out=out, generations=4, popsize=8, seed=3)
+    # Neither the algorithm nor the seed repeated: the run's own, not the defaults (pgpe, 0).
+    more = gfo.search(Shifted(ShiftConfig()), out=out, generations=6, resume=True)
+    assert more.generations == 6 and more.data["algorithm"] == "sep-cmaes"
+    assert "seed = 3" in (out / "config.toml").read_text()
+    differ = r"settings differ from the run's: shift \(the run's 1.5, given 2.0\)"
+    with pytest.raises(ConfigError, match=differ):
+        gfo.search(Shifted(ShiftConfig(shift=2.0)), out=out, generations=8, resume=True)
+
+
 def test_search_by_name_routes_each_setting_to_its_section(tmp_path: Path) -> None:
     result = gfo.search("sphere", "pgpe", out=tmp_path / "s", generations=5, dim=3, center_learning_rate=0.5)
     assert result.data["solution_length"] == 3 and result.generations == 5
