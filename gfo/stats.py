@@ -1,8 +1,10 @@
-"""Statistics for comparing two models scored on the same items: Wilson intervals and exact McNemar.
+"""Statistics for comparing two models scored on the same items: Wilson intervals and exact McNemar;
+and pass@k of sampled answers.
 
-Pure functions of counts (standard library only), shared by `gfo eval --compare` and the learning
-harness. Items are paired: both models answer the same items, so the test looks only at the items
-where they disagree (McNemar 1947), which is far more sensitive than comparing two intervals.
+Pure functions of counts (standard library only), shared by `gfo eval --compare`, `gfo eval
+--samples` and the learning harness. Items are paired: both models answer the same items, so the
+test looks only at the items where they disagree (McNemar 1947), which is far more sensitive than
+comparing two intervals.
 """
 
 from __future__ import annotations
@@ -79,3 +81,15 @@ def paired_summary(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> dict
         "lost": lost,
         "p_value": mcnemar_exact(gained, lost),
     }
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """The unbiased estimate of pass@k from n samples of an item, c of them correct (Chen et al.
+    2021, arXiv 2107.03374, eq. 1): 1 - C(n - c, k) / C(n, k), the chance that k of the n drawn
+    without replacement hold a correct one. With n = k it is 1 if any sample is correct, else 0.
+    Exact in integers (`math.comb`), so large n loses no precision."""
+    if not 0 <= c <= n:
+        raise ValueError(f"c must be in [0, n]; got c={c} of n={n}")
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in [1, n]; got k={k} with n={n} samples, draw at least k samples")
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)

@@ -63,6 +63,14 @@ def eval_(
         int, typer.Option(help="skip the split's first K items (e.g. those a run's held-out used)")
     ] = 0,
     out: Annotated[Path | None, typer.Option(help="folder (default runs/eval-<problem>-<split>)")] = None,
+    samples: Annotated[
+        int,
+        typer.Option(
+            help="also k seeded samples per item at problem.temperature (0.8 if it is 0): pass@1 and "
+            "pass@k beside the greedy accuracy; 0: greedy only"
+        ),
+    ] = 0,
+    seed: Annotated[int, typer.Option(help="seed of the --samples draws")] = 0,
     config: ProblemConfigOpt = None,
     set_: ProblemSetOpt = None,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
@@ -76,6 +84,12 @@ def eval_(
 
     if compare is not None and kl_to is not None:
         raise GfoError("--compare B already reports the KL from B; drop --kl-to")
+    if samples < 0:
+        raise GfoError(f"--samples must be >= 0; got {samples}, use e.g. 4 (0: greedy only)")
+    if compare is not None and samples:
+        raise GfoError(
+            "--samples scores one model, --compare pairs greedy answers; run gfo eval --samples on each"
+        )
     name, settings = _problem_settings(problem, config, list(set_ or []))
     out = out or Path("runs") / f"eval-{name}-{split}"
     console = Console(stderr=True)
@@ -98,7 +112,7 @@ def eval_(
             result = ev.evaluate(
                 name, settings, adapter=adapter, split=split, limit=limit,  # type: ignore[arg-type]
                 offset=offset, out=out, progress=lambda done, total, reward: update("", done, total, reward),
-                kl_to=kl_to,
+                kl_to=kl_to, samples=samples, seed=seed,
             )  # fmt: skip
         else:
             result = ev.compare(
@@ -119,6 +133,8 @@ def eval_(
         console.print(f"results in {out}/", soft_wrap=True)
         return
     console.print(_eval_line(result, name, split, out), soft_wrap=True, highlight=False)
+    if "sampled" in result:
+        console.print(_sampled_line(result), soft_wrap=True, highlight=False)
     if "kl" in result:
         console.print(_kl_line(result["kl"], "the model"), soft_wrap=True, highlight=False)
 
@@ -132,6 +148,18 @@ def _eval_line(result: dict, name: str, split: str, out: Path) -> str:
     if result.get("nonfinite_rewards"):
         line += f" ({result['nonfinite_rewards']} item(s) without a reward: counted wrong, not in the mean)"
     return f"{line}, {result['generated_tokens']} tokens in {result['wall_s']:.1f} s; results in {out}/"
+
+
+def _sampled_line(result: dict) -> str:
+    """pass@1 and pass@k of `--samples k`, beside the greedy accuracy."""
+    s = result["sampled"]
+    k = s["k"]
+    return (
+        f"sampled: pass@1 {s['pass_at_1']:.4f} (mean over {k} samples per item), "
+        f"pass@{k} {s['pass_at_k']:.4f}; greedy accuracy {result['accuracy']:.4f} "
+        f"(temperature {s['temperature']:g}, top_p {s['top_p']:g}, seed {s['seed']}, "
+        f"{s['generated_tokens']} sampled tokens)"
+    )
 
 
 def _compare_table(result: dict, name: str, split: str) -> list[str]:

@@ -13,6 +13,11 @@ The problem is built with the LoRA space (its centre is the initial adapter exac
 round-off) and, without an adapter, the random init (B = 0: the low-rank term is exactly zero and
 the base weights are untouched), so the numbers are those of the model itself.
 
+With `samples=k`, each item also gets k seeded samples (`gfo_llm.sampling`) at `problem.temperature`,
+or `SAMPLE_TEMPERATURE` when that is 0 (greedy); the summary's `sampled` section reports pass@1
+(the mean over the k samples of each item being correct) and pass@k (Chen et al. 2021's unbiased
+estimator, which with n = k samples is "any sample correct") beside the greedy accuracy.
+
 `compare` scores two of them (adapter A and adapter B, or the model alone) on the same items and
 pairs the per-item outcomes (`gfo.stats`: Wilson intervals, exact McNemar test).
 
@@ -44,6 +49,7 @@ from gfo_llm.task import Example
 
 if TYPE_CHECKING:
     from gfo_llm.problem import LLMProblem
+    from gfo_llm.sampling import Sampling
 
 COMPLETIONS = "completions.jsonl"
 RESULT = "eval.json"
@@ -62,6 +68,10 @@ LabelledProgress = Callable[[str, int, int, float], None]
 
 #: data_seed of the fresh test stream of generated tasks (training and selection use the default 0)
 FRESH_SEED = 7
+
+#: `gfo eval --samples`' temperature when problem.temperature is 0 (greedy): the temperature of gfo's
+#: GRPO baseline (gfo_llm/grpo.py), and Codex's for pass@k with k > 1 (Chen et al. 2021, fig. 5).
+SAMPLE_TEMPERATURE = 0.8
 
 
 def fresh_items(problem_name: str, settings: Mapping[str, Any], items: int, how: str) -> list[str]:
@@ -149,8 +159,14 @@ def evaluate(
     chunk_size: int | None = None,
     progress: Progress | None = None,
     kl_to: str | Path | None = None,
+    samples: int = 0,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Greedy mean reward and accuracy (exact answers) of the model, or model + `adapter`, on a split.
+
+    With `samples=k` (> 0), also k samples per item (`sample_settings`; item i's seeds depend on
+    `seed` and its index in the split only), their records under `samples` and pass@1 and pass@k in
+    the summary's `sampled` section.
 
     With `kl_to` (`BASE` or a PEFT adapter directory), also the KL from that reference model on the
     model's own answers (`gfo_llm.kl.answer_kl`): per answer in the records (`kl`), and summed up in
@@ -164,9 +180,12 @@ def evaluate(
     `out/eval.json` (the returned summary).
     """
     cls = _check(problem_name, limit, chunk_size, offset)
+    if samples < 0:
+        raise GfoError(f"--samples must be >= 0; got {samples}, use e.g. 4 (0: greedy only)")
     reference = baseline_adapter(kl_to) if kl_to is not None else None  # checked before any load
+    sampling = sample_settings(config, samples, seed) if samples else None
     summary, records = _evaluate(
-        cls, problem_name, config, adapter, split, limit, chunk_size, progress, offset
+        cls, problem_name, config, adapter, split, limit, chunk_size, progress, offset, sampling
     )
     if kl_to is not None:
         summary["kl"] = add_kl(config, summary["adapter"], reference, records)
@@ -253,6 +272,54 @@ def compare(
     return summary
 
 
+def sample_settings(config: LLMConfig, samples: int, seed: int) -> Sampling:
+    """How `gfo eval --samples` samples: `problem.temperature`, else `SAMPLE_TEMPERATURE`; `problem.top_p`."""
+    from gfo_llm.sampling import Sampling
+
+    return Sampling(
+        temperature=config.temperature or SAMPLE_TEMPERATURE, top_p=config.top_p, samples=samples, seed=seed
+    )
+
+
+def sampled_summary(sampling: Sampling, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """pass@1 and pass@k of the records' `samples` (correct: reward >= 1; a failed reward is wrong)."""
+    from gfo.stats import pass_at_k
+
+    k = sampling.samples
+    rewards = [[float(s["reward"]) for s in r["samples"]] for r in records]
+    correct = [sum(1 for x in row if x >= 1.0) for row in rewards]
+    finite = [x for row in rewards for x in row if math.isfinite(x)]
+    return {
+        "k": k,
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "seed": sampling.seed,
+        "pass_at_1": sum(c / k for c in correct) / len(records),
+        "pass_at_k": sum(pass_at_k(k, c, k) for c in correct) / len(records),
+        "mean_reward": sum(finite) / len(finite) if finite else math.nan,
+        "correct_samples": sum(correct),
+        "correct_when": "reward >= 1",
+        "nonfinite_rewards": sum(len(row) for row in rewards) - len(finite),
+        "generated_tokens": sum(int(s["tokens"]) for r in records for s in r["samples"]),
+    }
+
+
+def _sample(
+    problem: LLMProblem, center: Any, examples: Sequence[Example], sampling: Sampling
+) -> list[list[dict[str, Any]]]:
+    """`sampling.samples` sampled answers of the centre to each of `examples` (their seeds set by the
+    caller's `sampling.first_prompt`): per item, each sample's completion, reward, tokens and stop."""
+    k = sampling.samples
+    result = problem.engine.generate(
+        center, problem.prompts(examples), problem.config.max_new_tokens, problem.task.stop, sampling
+    )
+    repeated = [ex for ex in examples for _ in range(k)]
+    rewards = problem.rewards(result.completions[0], repeated, f"the samples of {len(examples)} item(s)")
+    rows = zip(result.completions[0], rewards, result.num_tokens[0], result.finished[0], strict=True)
+    flat = [{"completion": t, "reward": r, "tokens": n, "finished": f} for t, r, n, f in rows]
+    return [flat[i * k : (i + 1) * k] for i in range(len(examples))]
+
+
 def add_kl(
     config: LLMConfig, adapter: str | None, reference: str | None, records: list[dict[str, Any]]
 ) -> dict[str, Any]:
@@ -328,6 +395,7 @@ def _evaluate(
     chunk_size: int | None,
     progress: Progress | None,
     offset: int = 0,
+    sampling: Sampling | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The summary of `evaluate` and the per-item records, nothing written."""
     adapter = adapter if adapter is not None else config.init_adapter
@@ -354,6 +422,9 @@ def _evaluate(
     for start in range(0, len(examples), chunk):
         part = examples[start : start + chunk]
         _, items = problem.score(center, part)
+        if sampling is not None:  # seeds by the item's index in the split, not in the chunk
+            drawn = _sample(problem, center, part, dataclasses.replace(sampling, first_prompt=offset + start))
+            items = [{**item, "samples": s} for item, s in zip(items, drawn, strict=True)]
         for i, (item, example) in enumerate(zip(items, part, strict=True)):
             records.append({"index": offset + start + i, **item, "example": dict(example)})
             if math.isfinite(reward := float(item["reward"])):
@@ -363,6 +434,7 @@ def _evaluate(
     generate_s = time.perf_counter() - generate_started
 
     tokens = sum(int(r["tokens"]) for r in records)
+    all_tokens = tokens + sum(int(x["tokens"]) for r in records for x in r.get("samples", ()))
     correct = sum(1 for r in records if r["reward"] >= 1.0)
     summary: dict[str, Any] = {
         "problem": problem_name,
@@ -384,11 +456,14 @@ def _evaluate(
         "max_new_tokens": config.max_new_tokens,
         "system_prompt": config.system_prompt,
         "generated_tokens": tokens,
-        "tokens_per_s": round(tokens / generate_s, 2) if generate_s > 0 else math.nan,
+        # the samples' tokens too: they took part of generate_s
+        "tokens_per_s": round(all_tokens / generate_s, 2) if generate_s > 0 else math.nan,
         "capped_fraction": sum(1 for r in records if not r["finished"]) / len(records),
         "load_s": round(load_s, 3),
         "wall_s": round(time.perf_counter() - started, 3),
     }
+    if sampling is not None:
+        summary["sampled"] = sampled_summary(sampling, records)
     problem.close()  # its model's memory is free before the next load (B, or the KL's)
     return summary, records
 
