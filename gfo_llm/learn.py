@@ -47,7 +47,8 @@ def scoring_code(task: str) -> tuple[Path, ...]:
 
     module = sys.modules[PROBLEMS.get(task).__module__].__name__.split(".")[0]
     packages = [gfo, gfo_llm, importlib.import_module(module)]
-    return tuple(Path(getattr(m, "__path__", [Path(str(m.__file__)).parent])[0]) for m in packages)
+    # A task that is one top-level module is that file, not the folder it lies in (site-packages).
+    return tuple(Path(m.__path__[0]) if hasattr(m, "__path__") else Path(str(m.__file__)) for m in packages)
 
 
 @dataclass(frozen=True)
@@ -152,19 +153,46 @@ def plan(options: LearnOptions) -> Plan:
     if options.method == "es" and options.completions is not None:
         raise GfoError("--completions is GRPO's budget; ES's is --popsize x --set batch_size x --generations")
     fresh = options.fresh or recipe.fresh
-    items = options.items or recipe.items
+    for flag, value in (("--items", options.items), ("--popsize", options.popsize),
+                        ("--generations", options.generations)):  # fmt: skip
+        if value is not None and value < 1:
+            raise GfoError(f"{flag} must be at least 1; got {value}")
+    items = recipe.items if options.items is None else options.items
+    check_settings(recipe.task, algo, every, search)
     fresh_items(recipe.task, {**every, **search}, items, fresh)  # refuses seed for a task without one
+    sft = (recipe.sft if options.sft is None else options.sft) and not options.start
+    if options.method == "grpo" or sft:
+        from gfo_llm.extras import require
+
+        require("grpo", "gfo learn's " + ("GRPO step" if options.method == "grpo" else "SFT start"))
     return Plan(
         recipe,
         every,
         search,
         algo,
-        options.popsize or recipe.popsize,
-        options.generations or recipe.generations,
+        recipe.popsize if options.popsize is None else options.popsize,
+        recipe.generations if options.generations is None else options.generations,
         items,
         fresh,
         notes,
     )
+
+
+def check_settings(task: str, algo: str, every: dict[str, Any], search: dict[str, Any]) -> None:
+    """Build the problem's, the algorithm's and the run's configs from the steps' settings, so that a
+    bad key or value is a `ConfigError` before the first step, not minutes into the search."""
+    from gfo import config as cfg
+    from gfo.registry import ALGORITHMS, PROBLEMS
+
+    sections: dict[str, dict[str, Any]] = {"problem": {}, "algo": {}, "run": {}}
+    for key, value in {**every, **search}.items():
+        section, name = key.split(".", 1) if "." in key else ("problem", key)
+        if section not in sections:
+            raise GfoError(f"--set {key}: a setting is KEY (the problem's), problem.KEY, algo.KEY or run.KEY")
+        sections[section][name] = value
+    cfg.build(PROBLEMS.get(task).Config, sections["problem"], "problem")
+    cfg.build(ALGORITHMS.get(algo).Config, sections["algo"], "algo")
+    cfg.build(cfg.RunConfig, sections["run"], "run")
 
 
 def learn(options: LearnOptions, say: Callable[[str], None] = print) -> dict[str, Any]:
@@ -243,7 +271,13 @@ def learn(options: LearnOptions, say: Callable[[str], None] = print) -> dict[str
         limit = options.sft_limit or recipe.sft_limit
         command += ["--lr", str(options.sft_lr or recipe.sft_lr), "--epochs", str(recipe.sft_epochs)]
         command += ["--limit", str(limit)] if limit else []
-        sft_s = step(command)
+        made_by = sft_dir / "sft.json"
+        if options.method == "es" and stopped(out / "es", p.generations) and made_by.is_file():
+            # the stopped search started from this adapter: a new SFT would change its start
+            sft_s, sft_reused = float(json.loads(made_by.read_text()).get("wall_s", 0.0)), str(made_by)
+            say(f"start: the stopped search's SFT adapter in {sft_dir}, reused")
+        else:
+            sft_s = step(command)
         start = str((sft_dir / "adapter").resolve())
 
     search_dir = out / options.method
@@ -256,10 +290,16 @@ def learn(options: LearnOptions, say: Callable[[str], None] = print) -> dict[str
     references: dict[str, float] = {}
     curve: list[dict[str, float]] = []
     if options.method == "es":
+        # A search stopped part way (Ctrl-C, a kill) continues from its checkpoint; a finished one
+        # is run again.
+        resume = stopped(search_dir, p.generations)
+        if resume:
+            say(f"search: continuing the stopped run in {search_dir} from its checkpoint")
         command = [
             *gfo_cli, "run", "--algo", p.algo, "--problem", recipe.task,
             "--popsize", str(p.popsize), "--generations", str(p.generations), "--seed", str(options.seed),
-            "--out", str(search_dir), "--force", *common, *sets(problem_sets), *sets(algo_sets),
+            "--out", str(search_dir), "--resume" if resume else "--force",
+            *common, *sets(problem_sets), *sets(algo_sets),
         ]  # fmt: skip
         search_s = step(command)
         summary = json.loads((search_dir / "summary.json").read_text())
@@ -297,7 +337,8 @@ def learn(options: LearnOptions, say: Callable[[str], None] = print) -> dict[str
     kl = {name: kl_per_token(rows[name], keep) for name in ("start", "final")}
     vs_start, vs_base = paired_summary(end, begin), paired_summary(end, base)
 
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    kib = 1024 if sys.platform != "darwin" else 2**20  # ru_maxrss is in bytes on macOS
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / kib
     result_json: dict[str, Any] = {
         "task": recipe.task,
         "recipe": options.recipe,
@@ -395,6 +436,17 @@ def task_breakdown(
             return None
         out[name] = report
     return json.loads(json.dumps(out))  # tuples as lists, as the file holds them
+
+
+def stopped(run_dir: Path, generations: int) -> bool:
+    """Whether `run_dir` holds a search's checkpoint short of `generations`."""
+    from gfo import checkpoint
+
+    if not (run_dir / checkpoint.NAME).is_file():
+        return False
+    summary = run_dir / "summary.json"
+    done = json.loads(summary.read_text()).get("generations", 0) if summary.is_file() else 0
+    return int(done) < generations
 
 
 def kl_per_token(rows: list[dict[str, Any]], keep: list[bool] | None) -> float:

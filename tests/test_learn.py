@@ -167,6 +167,10 @@ def test_task_sets_reach_every_step_and_the_task_breaks_its_answers_down(
         (["--recipe", "missing.toml"], "recipe file 'missing.toml' does not exist; pass a .toml file or a "
          "recipe name: …"),
         (["--method", "ppo"], "--method must be es or grpo; got 'ppo'"),
+        (["--set", "batch_size=abc"], "problem.batch_size must be an integer; got 'abc'"),
+        (["--set", "algo.bogus=1"], "unknown key algo.bogus (known: …"),
+        (["--task-set", "test_size=many"], "problem.test_size must be an integer; got 'many'"),
+        (["--items", "0"], "--items must be at least 1; got 0"),
     ],
 )  # fmt: skip
 def test_bad_learn_arguments_are_one_line_before_any_step(
@@ -323,3 +327,15 @@ def test_the_benchmark_script_is_gfo_learn(tmp_path: Path) -> None:
         text=True,
     )
     assert done.returncode == 2 and done.stderr.startswith("error: unknown recipe 'nope'")
+
+
+def test_a_stopped_search_is_continued_and_a_finished_one_run_again(tmp_path: Path) -> None:
+    """`gfo learn` run again after a Ctrl-C resumes its search from the checkpoint (not --force,
+    which would delete it); a search that reached its generations is run again."""
+    from gfo_llm.learn import stopped
+
+    run = tmp_path / "es"
+    gfo("run", "--algo", "pgpe", "--problem", "sphere", "--generations", "3", "--out", str(run), "--quiet")
+    assert not stopped(run, 3) and stopped(run, 5) and not stopped(tmp_path / "none", 5)
+    (run / "summary.json").unlink()  # killed before any summary
+    assert stopped(run, 3)
