@@ -183,15 +183,27 @@ def evaluate(
     if samples < 0:
         raise GfoError(f"--samples must be >= 0; got {samples}, use e.g. 4 (0: greedy only)")
     reference = baseline_adapter(kl_to) if kl_to is not None else None  # checked before any load
+    if kl_to is not None and not records_token_ids(config):
+        raise GfoError(
+            f"--kl-to needs the answers' token ids, which backend={config.backend} engine={config.engine} "
+            "does not record; use --set problem.backend=transformers --set problem.engine=continuous"
+        )
     sampling = sample_settings(config, samples, seed) if samples else None
     summary, records = _evaluate(
         cls, problem_name, config, adapter, split, limit, chunk_size, progress, offset, sampling
     )
+    if out is not None:  # the answers are kept before the KL's passes, which can fail (memory)
+        write_results(out, summary, records)
     if kl_to is not None:
         summary["kl"] = add_kl(config, summary["adapter"], reference, records)
-    if out is not None:
-        write_results(out, summary, records)
+        if out is not None:
+            write_results(out, summary, records)
     return summary
+
+
+def records_token_ids(config: LLMConfig) -> bool:
+    """Whether the engine of `config` records each answer's token ids (what the KL scores)."""
+    return config.backend == "transformers" and config.engine == "continuous"
 
 
 def compare(
@@ -242,7 +254,6 @@ def compare(
     )
     if [(r["prompt"], r["example"]) for r in records] != [(r["prompt"], r["example"]) for r in records_b]:
         raise RuntimeError("gfo eval --compare scored A and B on different items; please report this")
-    summary["kl"] = add_kl(config, summary["adapter"], b_dir, records)
     correct_a = [float(r["reward"]) >= 1.0 for r in records]
     correct_b = [float(r["reward"]) >= 1.0 for r in records_b]
     summary["compare"] = {
@@ -268,6 +279,10 @@ def compare(
             }
             for r, rb, a, b in zip(records, records_b, correct_a, correct_b, strict=True)
         ]
+        write_results(out, summary, records, extra={COMPLETIONS_B: records_b, PAIRS: pairs})
+    # KL(A||B) on A's answers, after the pairs are safe on disk; an engine without token ids has none.
+    summary["kl"] = add_kl(config, summary["adapter"], b_dir, records) if records_token_ids(config) else None
+    if out is not None and summary["kl"] is not None:
         write_results(out, summary, records, extra={COMPLETIONS_B: records_b, PAIRS: pairs})
     return summary
 

@@ -406,6 +406,13 @@ CASES = [
         "(e.g. RUN/adapter) or 'base' for the model without an adapter",
         llm=True,
     ),
+    Case(
+        "--kl-to with an engine that keeps no token ids",
+        "eval --problem arithmetic --set problem.model=tiny --set problem.engine=hf --kl-to base",
+        "error: --kl-to needs the answers' token ids, which backend=transformers engine=hf does not "
+        "record; use --set problem.backend=transformers --set problem.engine=continuous",
+        llm=True,
+    ),
 ]
 
 
