@@ -34,7 +34,7 @@ from typing import Any
 import gfo
 import gfo_llm
 from gfo.errors import GfoError
-from gfo_llm.evaluate import fresh_items, unseen
+from gfo_llm.evaluate import fresh_items, records_token_ids, unseen
 from gfo_llm.recipe import Recipe, load_recipe
 
 ADAPTER_SHAPE = ("target_modules", "rank")  # search settings that the SFT (and GRPO) step takes too
@@ -124,6 +124,7 @@ class Plan:
     items: int
     fresh: str
     notes: list[str]
+    token_ids: bool  # whether the steps' engine records answer token ids: the KL to base needs them
 
 
 def plan(options: LearnOptions) -> Plan:
@@ -158,7 +159,7 @@ def plan(options: LearnOptions) -> Plan:
         if value is not None and value < 1:
             raise GfoError(f"{flag} must be at least 1; got {value}")
     items = recipe.items if options.items is None else options.items
-    check_settings(recipe.task, algo, every, search)
+    problem_config = check_settings(recipe.task, algo, every, search)
     fresh_items(recipe.task, {**every, **search}, items, fresh)  # refuses seed for a task without one
     sft = (recipe.sft if options.sft is None else options.sft) and not options.start
     if options.method == "grpo" or sft:
@@ -175,12 +176,14 @@ def plan(options: LearnOptions) -> Plan:
         items,
         fresh,
         notes,
+        records_token_ids(problem_config),
     )
 
 
-def check_settings(task: str, algo: str, every: dict[str, Any], search: dict[str, Any]) -> None:
+def check_settings(task: str, algo: str, every: dict[str, Any], search: dict[str, Any]) -> Any:
     """Build the problem's, the algorithm's and the run's configs from the steps' settings, so that a
-    bad key or value is a `ConfigError` before the first step, not minutes into the search."""
+    bad key or value is a `ConfigError` before the first step, not minutes into the search; returns
+    the problem's."""
     from gfo import config as cfg
     from gfo.registry import ALGORITHMS, PROBLEMS
 
@@ -190,9 +193,9 @@ def check_settings(task: str, algo: str, every: dict[str, Any], search: dict[str
         if section not in sections:
             raise GfoError(f"--set {key}: a setting is KEY (the problem's), problem.KEY, algo.KEY or run.KEY")
         sections[section][name] = value
-    cfg.build(PROBLEMS.get(task).Config, sections["problem"], "problem")
     cfg.build(ALGORITHMS.get(algo).Config, sections["algo"], "algo")
     cfg.build(cfg.RunConfig, sections["run"], "run")
+    return cfg.build(PROBLEMS.get(task).Config, sections["problem"], "problem")
 
 
 def learn(options: LearnOptions, say: Callable[[str], None] = print) -> dict[str, Any]:
@@ -234,7 +237,8 @@ def learn(options: LearnOptions, say: Callable[[str], None] = print) -> dict[str
         directory = out / f"eval-{name}"
         # No --quiet: a 500-item eval takes minutes; `gfo eval` shows a bar, or a line per chunk in a log.
         command = [*gfo_cli, "eval", "--problem", recipe.task, "--limit", str(p.items)]
-        command += [*offset, *common, *seed] + (["--adapter", adapter, "--kl-to", "base"] if adapter else [])
+        command += [*offset, *common, *seed] + (["--adapter", adapter] if adapter else [])
+        command += ["--kl-to", "base"] if adapter and p.token_ids else []
         key = eval_key(command, adapter, code)
         hit = cache / key if cache is not None else None
         if hit is not None and (hit / "completions.jsonl").is_file():
@@ -334,7 +338,7 @@ def learn(options: LearnOptions, say: Callable[[str], None] = print) -> dict[str
     )
     base, begin, end = (correct(rows[k], keep) for k in ("base", "start", "final"))
     # KL from the base model on each model's own fresh answers, per answer token (the base's is 0).
-    kl = {name: kl_per_token(rows[name], keep) for name in ("start", "final")}
+    kl = {name: kl_per_token(rows[name], keep) if p.token_ids else None for name in ("start", "final")}
     vs_start, vs_base = paired_summary(end, begin), paired_summary(end, base)
 
     kib = 1024 if sys.platform != "darwin" else 2**20  # ru_maxrss is in bytes on macOS
@@ -402,8 +406,12 @@ def final_lines(result: dict[str, Any]) -> list[str]:
         f"final {result['final_acc']:.3f} on {result['n_items']} fresh items; p(final vs start) = "
         f"{result['p_final_vs_start']:.2g}, p(final vs base) = {result['p_final_vs_base']:.2g}; "
         f"{result['wall_s'] / 60:.1f} min (SFT {result['sft_wall_s'] / 60:.1f} + search "
-        f"{result['search_wall_s'] / 60:.1f}); KL to the base model per answer token: start "
-        f"{result['kl_to_base']['start']:.3f}, final {result['kl_to_base']['final']:.3f}"
+        f"{result['search_wall_s'] / 60:.1f}); KL to the base model per answer token: "
+        + (
+            f"start {kl['start']:.3f}, final {kl['final']:.3f}"
+            if (kl := result["kl_to_base"])["final"] is not None
+            else "not measured (the engine records no token ids)"
+        )
     ]
     breakdown = result.get("breakdown")
     if breakdown and "topic_named" in breakdown["base"]:
