@@ -32,7 +32,7 @@ run: $(STAMP)
 run-bench: $(STAMP)
 	$(BIN)/gfo run --algo sep-cmaes --problem ellipsoid --set problem.dim=30 --generations 800 --out runs/ellipsoid --force
 
-# The fast suite on TEST_WORKERS processes (pytest-xdist): 4.4 min on 2 cores (1,084 tests, session 12; pytest alone: 4 min 21 s).
+# The fast suite on TEST_WORKERS processes (pytest-xdist; its time: docs/development.md).
 TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BIN)/ruff check gfo gfo_llm problems tests benchmarks
@@ -44,7 +44,7 @@ test: $(STAMP)
 # machine's): requirements-lowest.txt goes --no-deps into .venv-min/, which shadows .venv's through
 # PYTHONPATH (seconds, instead of a second venv); GFO_PINS makes tests/test_packaging.py check that
 # those are the versions imported. Then the `install` tests, a fresh venv with `pip install .` and no
-# extra: about 2 min of pip, too slow for every `make test`, so they run here (and in CI, .ci/run).
+# extra: minutes of pip, too slow for every `make test`, so they run here (and in CI, .ci/run).
 # On the lowest pins it runs the tests that drive transformers and PEFT themselves (loading, the
 # engine's cache and layers, PEFT adapters, SFT, KL, the packaging checks), not the whole suite: the
 # rest does not touch what differs between the versions, and CI stays within its time.

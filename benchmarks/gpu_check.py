@@ -43,7 +43,7 @@ CUDA 989, the dense bf16 peak of an H100 SXM and an H200).
 
 Ratios (tokens/s, at each case; the shape's top-level ones are the first case's):
 `population_over_plain`, `population_over_peft_mixed`, `population_over_sequential`; `targets` says
-met or missed for >= 0.9, >= 1.5 and >= 10 (issue 31) and `outputs_match`.
+met or missed for >= 0.9, >= 1.5 and >= 10 (docs/performance.md) and `outputs_match`.
 
 Time: the run stops starting work at `--budget-s`. The first case runs for every shape, smallest
 shape first; the later cases then run from the largest shape down, each only when its estimate

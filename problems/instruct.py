@@ -114,8 +114,8 @@ class InstructConfig(GeneratedConfig):
     max_new_tokens: int = field(
         default=96,
         metadata={
-            "help": "generation cap per completion; at 64 tokens 56% of the bundled model's "
-            "'end with this phrase' answers were cut off (docs/tasks.md), failing end-of-answer instructions"
+            "help": "generation cap per completion; at 64 tokens most of the bundled model's "
+            "'end with this phrase' answers are cut off (docs/tasks.md), failing end-of-answer instructions"
         },
     )
     on_topic: bool = field(
