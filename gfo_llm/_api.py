@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -123,4 +124,6 @@ def reward_task(
             return [float(r) for r in score(completions, examples)]
 
     RewardTask.name = name or str(getattr(reward, "__name__", "reward"))
+    # The class is named after the reward: its run folder and checkpoint fingerprint tell rewards apart.
+    RewardTask.__name__ = RewardTask.__qualname__ = re.sub(r"\W", "_", RewardTask.name)
     return RewardTask

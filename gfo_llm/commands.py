@@ -1,4 +1,5 @@
-"""`gfo eval` and `gfo sft`: the commands gfo_llm adds to `gfo` through the `gfo.commands` entry points.
+"""`gfo eval`, `gfo sft` and `gfo learn`: the commands gfo_llm adds to `gfo` (`gfo.commands` entry
+points).
 
 Each is a plain function; gfo's CLI registers it under the entry point's name. Importing this module
 imports typer only: torch and transformers are imported inside the commands, so `gfo --help` stays

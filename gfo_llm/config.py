@@ -220,6 +220,8 @@ class LLMConfig:
             )
         if not _DEVICE.fullmatch(self.device.strip().lower()):
             raise ConfigError(f"problem.device must be auto, cpu, cuda or cuda:N; got {self.device!r}")
+        # one spelling from here on: code compares it with "auto" and "cpu"
+        object.__setattr__(self, "device", self.device.strip().lower())
         if self.eval_every < 0:
             raise ConfigError(f"problem.eval_every must be >= 0 (0 disables); got {self.eval_every}")
         check_spread("problem.stdev", self.stdev)
