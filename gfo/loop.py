@@ -57,7 +57,7 @@ class Evaluator(Protocol):
 
     def evaluate(self, population: torch.Tensor, context: Context) -> Evaluation: ...
 
-    def evaluate_heldout(self, solutions: torch.Tensor) -> torch.Tensor: ...
+    def evaluate_heldout(self, solutions: torch.Tensor) -> torch.Tensor | Evaluation: ...
 
     def close(self) -> None: ...
 
@@ -70,7 +70,7 @@ class LocalEvaluator:
     def evaluate(self, population: torch.Tensor, context: Context) -> Evaluation:
         return self.problem.evaluate(population, context)
 
-    def evaluate_heldout(self, solutions: torch.Tensor) -> torch.Tensor:
+    def evaluate_heldout(self, solutions: torch.Tensor) -> torch.Tensor | Evaluation:
         return self.problem.evaluate_heldout(solutions)
 
     def close(self) -> None:
@@ -108,6 +108,9 @@ class _State:
     heldout_solution: torch.Tensor | None = None
     heldout_generation: int = -1  # -1 with a heldout_best: the initial centre
     heldout_initial: float = math.nan  # the initial centre's held-out score, before generation 0
+    # The problem's own numbers about the centre at the last held-out evaluation (`heldout_<name>`,
+    # e.g. an LLM's KL to its start): summary.json holds the last ones.
+    heldout_metrics: dict[str, float] = field(default_factory=dict)
     # The last generation's best while its held-out scores are owed (its generation was no multiple
     # of eval_every and not the last): a run that stops there still scores it (`_score_owed`).
     last_candidate: torch.Tensor | None = None
@@ -275,7 +278,7 @@ def _loop(current: _Run, changed: dict[str, tuple[Any, Any]]) -> str:
         if every and g == 0 and math.isnan(state.heldout_initial):
             # "Before": the starting point on held-out data, itself a candidate for the kept solution.
             center = algorithm.center()
-            state.heldout_initial = float(evaluator.evaluate_heldout(center[None])[0])
+            state.heldout_initial = _heldout(evaluator, center[None])[0][0]
             state.heldout_best, state.heldout_solution = state.heldout_initial, center.clone()
             initial = {"heldout_initial": state.heldout_initial}
         population = algorithm.ask()
@@ -323,8 +326,10 @@ def _loop(current: _Run, changed: dict[str, tuple[Any, Any]]) -> str:
         ending = _end_reason(run_cfg, g + 1, state.evaluations, state.best, sense)
         if every and ((g + 1) % every == 0 or ending is not None):
             candidates = torch.stack([algorithm.center(), population[idx]])
-            scores = evaluator.evaluate_heldout(candidates).tolist()
+            scores, metrics = _heldout(evaluator, candidates)
             record["heldout"] = {"center": scores[0], "best": scores[1]}
+            record.update(metrics)
+            state.heldout_metrics = metrics
             _keep_heldout(state, scores, candidates, g, sense)
             state.last_candidate = None
         elif every:
@@ -339,6 +344,16 @@ def _loop(current: _Run, changed: dict[str, tuple[Any, Any]]) -> str:
         current.save_checkpoint()
         for cb in current.callbacks:
             cb.on_generation(record)
+
+
+def _heldout(evaluator: Evaluator, candidates: torch.Tensor) -> tuple[list[float], dict[str, float]]:
+    """The held-out scores of `candidates`, and the problem's numbers about the first (the centre)
+    as `heldout_<name>` (a problem that returns an `Evaluation` with `info`)."""
+    result = evaluator.evaluate_heldout(candidates)
+    if not isinstance(result, Evaluation):
+        return torch.as_tensor(result).tolist(), {}
+    metrics = {f"heldout_{k}": float(v.double().reshape(-1)[0]) for k, v in result.info.items()}
+    return result.fitness.tolist(), metrics
 
 
 def _keep_heldout(
@@ -360,7 +375,8 @@ def _score_owed(current: _Run) -> tuple[_State, dict[str, Any] | None]:
     final = dataclasses.replace(state)
     generation = state.generation - 1
     candidates = torch.stack([current.algorithm.center(), state.last_candidate])
-    scores = current.evaluator.evaluate_heldout(candidates).tolist()
+    scores, metrics = _heldout(current.evaluator, candidates)
+    final.heldout_metrics = metrics
     _keep_heldout(final, scores, candidates, generation, current.problem.sense)
     return final, {"generation": generation, "center": scores[0], "best": scores[1]}
 

@@ -96,7 +96,7 @@ class _RemoteProblem(evotorch.Problem):
     def gfo_evaluate(self, population: torch.Tensor, context: Context) -> Evaluation:
         return self._ready().evaluate(population, context)
 
-    def gfo_heldout(self, solutions: torch.Tensor) -> torch.Tensor:
+    def gfo_heldout(self, solutions: torch.Tensor) -> torch.Tensor | Evaluation:
         return self._ready().evaluate_heldout(solutions)
 
     def gfo_driver_state(self) -> Any:
@@ -149,10 +149,12 @@ class RayEvaluator:
         parts = self._map("gfo_evaluate", [(population[a:b], context) for a, b in bounds])
         return _join(parts, [a for a, _ in bounds], self.sense)
 
-    def evaluate_heldout(self, solutions: torch.Tensor) -> torch.Tensor:
+    def evaluate_heldout(self, solutions: torch.Tensor) -> torch.Tensor | Evaluation:
         bounds = _slices(len(solutions), len(self._actors))
         parts = self._map("gfo_heldout", [(solutions[a:b],) for a, b in bounds])
-        return torch.cat([torch.as_tensor(p) for p in parts])
+        if all(isinstance(p, Evaluation) for p in parts):  # the first slice's first row is the first row
+            return Evaluation.concat(parts)
+        return torch.cat([p.fitness if isinstance(p, Evaluation) else torch.as_tensor(p) for p in parts])
 
     def close(self) -> None:
         """Close every actor's problem (at most `CLOSE_TIMEOUT_S`), kill the actors, stop Ray if ours."""

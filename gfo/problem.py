@@ -113,8 +113,12 @@ class Problem:
         """Evaluate the centre and best candidate on held-out data every k generations (0: never)."""
         return 0
 
-    def evaluate_heldout(self, solutions: torch.Tensor) -> torch.Tensor:
-        """Held-out score (same sense as fitness) of each row; only called if `heldout_every() > 0`."""
+    def evaluate_heldout(self, solutions: torch.Tensor) -> torch.Tensor | Evaluation:
+        """Held-out score (same sense as fitness) of each row; only called if `heldout_every() > 0`.
+
+        Or an `Evaluation` whose `fitness` is those scores and whose `info` holds numbers about the
+        first row, which the loop logs as `heldout_<name>` beside the score (the loop passes the
+        centre first; an LLM problem reports its KL to the start). Other rows may hold NaN there."""
         raise NotImplementedError
 
     def export(self, solution: torch.Tensor, run_dir: Path) -> Path | None:

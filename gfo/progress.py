@@ -49,6 +49,8 @@ class ProgressBar(Callback):
             status += f"  held-out at start {record['heldout_initial']:.4g}"
         if "heldout" in record:
             status += f"  held-out {record['heldout']['center']:.4g}"
+            for name in heldout_metrics(record):  # the problem's own, e.g. an LLM's KL to its start
+                status += f"  {name.removeprefix('heldout_').replace('_', ' ')} {record[name]:.4g}"
         for name in counters(record):  # the problem's own, e.g. an LLM task's generated tokens
             status += f"  {record[f'{name}_per_s']:.0f} {name.replace('_', ' ')}/s"
         self._progress.update(self._task, completed=record["generation"] + 1, status=status)
@@ -62,6 +64,12 @@ class ProgressBar(Callback):
 
     def on_end(self, summary: dict[str, Any]) -> None:
         self.close()
+
+
+def heldout_metrics(record: dict[str, Any]) -> list[str]:
+    """The problem's numbers about the centre at a held-out evaluation: the loop logs each as
+    `heldout_<name>`, beside `heldout` (the scores) and `heldout_initial` (the start's score)."""
+    return [k for k in record if k.startswith("heldout_") and k != "heldout_initial"]
 
 
 def counters(record: dict[str, Any]) -> list[str]:

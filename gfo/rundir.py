@@ -198,6 +198,7 @@ def write_results(
         "heldout_generation": None if not use_heldout else state.heldout_generation,
         # scores of the last generation not in metrics.jsonl (a stop between two held-out evaluations)
         "heldout_final": heldout_final,
+        **state.heldout_metrics,  # the problem's numbers about the centre at the last held-out evaluation
         "nonfinite": state.nonfinite,
         "counters": state.counters,
         "changes": state.changes,

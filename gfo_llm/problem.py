@@ -381,8 +381,40 @@ class LLMProblem(Problem):
     def heldout_every(self) -> int:
         return self.config.eval_every
 
-    def evaluate_heldout(self, solutions: torch.Tensor) -> torch.Tensor:
-        return self.score(solutions, self.heldout)[0]
+    def evaluate_heldout(self, solutions: torch.Tensor) -> torch.Tensor | Evaluation:
+        """Mean reward of each solution on the held-out items and, with the transformers engine, the
+        first solution's (the centre's) KL to the search's start on its own held-out answers: `kl`
+        per answer token and `kl_per_answer`, NaN for the other rows (`heldout_kl` in the metrics)."""
+        scores, records = self.score(solutions, self.heldout)
+        from gfo_llm.batched import PopulationGenerator
+
+        if not isinstance(self.engine, PopulationGenerator) or not records or "token_ids" not in records[0]:
+            return scores  # vLLM: its answers are not teacher-forced by this process
+        per_token, per_answer = self.heldout_kl(solutions[0], records)
+        nan = torch.full((len(solutions) - 1,), float("nan"), dtype=torch.float64)
+        info = {
+            "kl": torch.cat([torch.tensor([per_token], dtype=torch.float64), nan]),
+            "kl_per_answer": torch.cat([torch.tensor([per_answer], dtype=torch.float64), nan]),
+        }
+        return Evaluation(fitness=scores, info=info)
+
+    def heldout_kl(self, vector: torch.Tensor, records: Sequence[dict[str, Any]]) -> tuple[float, float]:
+        """KL(vector's model || the start's) on the answers in `records` (`score`'s, of `vector`),
+        exact over the vocabulary at each answer token: mean per answer token and mean per answer.
+        One teacher-forced pass of both models over the answers: the generation that produced them
+        is reused, not repeated. The start itself is at KL 0 without a pass."""
+        from gfo_llm.batched import PopulationGenerator
+
+        engine = self.engine
+        assert isinstance(engine, PopulationGenerator)  # evaluate_heldout checked it
+        start = self.space.center()
+        if not torch.isfinite(vector).all():
+            return float("nan"), float("nan")
+        kept = [r for r in records if r["token_ids"]]  # teacher forcing needs a token to score
+        if not kept or torch.equal(vector.to(start.dtype), start):
+            return 0.0, 0.0
+        sums, counts = engine.kl(vector, start, [r["prompt"] for r in kept], [r["token_ids"] for r in kept])
+        return float(sums.sum() / counts.sum()), float(sums.sum()) / len(records)
 
     def score(
         self, solutions: torch.Tensor, examples: Sequence[Example]

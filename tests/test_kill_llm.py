@@ -85,7 +85,7 @@ class PausingProblem(LLMProblem):
         self._enter(f"generation {context.generation}")
         return super().evaluate(population, context)
 
-    def evaluate_heldout(self, solutions: torch.Tensor) -> torch.Tensor:
+    def evaluate_heldout(self, solutions: torch.Tensor) -> torch.Tensor | Evaluation:
         self._enter(f"heldout {self._generation}")
         return super().evaluate_heldout(solutions)
 

@@ -103,14 +103,16 @@ def test_eval_reports_the_kl_to_the_base_model_and_compare_the_kl_to_b(
 
 
 def test_kl_coef_subtracts_beta_times_the_kl_to_the_start(
-    tiny_lm: tuple[Any, Any], tiny_model_dir: Path
+    tiny_lm: tuple[Any, Any], tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    """fitness = mean reward - beta x each candidate's KL to the start (per answer token); beta = 0
-    leaves the fitness and the work unchanged."""
+    """fitness = mean reward - beta x each candidate's KL to the start (per answer token), that KL
+    equal to two direct full-vocabulary passes (the candidate's exported adapter and the base model,
+    which the PiSSA start is) on the candidate's answers; beta = 0 leaves the fitness and the work
+    unchanged."""
     from problems.arithmetic import ArithmeticConfig
     from problems.arithmetic import Problem as Arithmetic
 
-    def evaluate(beta: float) -> Any:
+    def evaluate(beta: float) -> tuple[Any, Any]:
         config = ArithmeticConfig(
             model=str(tiny_model_dir), dtype="fp32", rank=4, max_new_tokens=6, batch_size=3, kl_coef=beta
         )
@@ -119,16 +121,97 @@ def test_kl_coef_subtracts_beta_times_the_kl_to_the_start(
             3, problem.solution_length, generator=torch.Generator().manual_seed(0)
         )
         population[0] = problem.initial_center()
-        result = problem.evaluate(population, Context(generation=0, seed=0))
-        problem.close()
-        return result
+        engine, generated = problem.engine, []
+        generate = engine.generate
 
-    plain, penalized = evaluate(0.0), evaluate(0.5)
+        def kept(*args: Any, **kwargs: Any) -> Any:  # the answers, to score them directly below
+            generated.append((args[1], generate(*args, **kwargs)))
+            return generated[-1][1]
+
+        engine.generate = kept  # type: ignore[method-assign]
+        result = problem.evaluate(population, Context(generation=0, seed=0))
+        problem.export(population[1], tmp_path / str(beta))
+        problem.close()
+        return result, generated[0]
+
+    (plain, _), (penalized, (prompts, answers)) = evaluate(0.0), evaluate(0.5)
     assert "kl" not in plain.info
     torch.testing.assert_close(penalized.info["reward"], plain.fitness)
     kl = penalized.info["kl"]
     assert kl[0] == pytest.approx(0.0, abs=1e-6) and (kl[1:] > 0).all()  # the start is at KL 0 from itself
     torch.testing.assert_close(penalized.fitness, plain.fitness - 0.5 * kl)
+    ids = answers.token_ids[1]
+    direct = [
+        direct_kl(tiny_model_dir, tmp_path / "0.5" / "adapter", None, p, a)
+        for p, a in zip(prompts, ids, strict=True)
+    ]
+    assert float(kl[1]) == pytest.approx(sum(direct) / sum(len(a) for a in ids), rel=1e-3)
+
+
+def test_heldout_kl_is_the_centres_exact_kl_on_its_own_heldout_answers(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """The held-out evaluation reports the first solution's KL to the start (PiSSA: the base model)
+    on the answers it generated once, equal to two direct full-vocabulary passes (the exported
+    adapter and the base model, unpadded); the start itself is at KL 0."""
+    from gfo.problem import Evaluation
+    from problems.arithmetic import ArithmeticConfig
+    from problems.arithmetic import Problem as Arithmetic
+
+    config = ArithmeticConfig(model=str(tiny_model_dir), dtype="fp32", rank=4, max_new_tokens=6, eval_limit=3)
+    problem = Arithmetic(config)
+    centre = problem.initial_center()
+    moved = centre + 2.0 * torch.randn(centre.shape, generator=torch.Generator().manual_seed(0))
+    engine = problem.engine
+    generated: list[Any] = []
+    generate = engine.generate
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        generated.append((args, generate(*args, **kwargs)))
+        return generated[-1][1]
+
+    engine.generate = counted  # type: ignore[method-assign]
+    result = problem.evaluate_heldout(torch.stack([moved, centre]))
+    assert isinstance(result, Evaluation) and len(generated) == 1  # the answers are generated once
+    (_, prompts, *_), answers = generated[0][0], generated[0][1].token_ids[0]
+    assert result.info["kl"][1].isnan() and result.info["kl_per_answer"][1].isnan()
+    problem.export(moved, tmp_path)
+    sums = [
+        direct_kl(tiny_model_dir, tmp_path / "adapter", None, p, a)
+        for p, a in zip(prompts, answers, strict=True)
+    ]
+    tokens = sum(len(a) for a in answers)
+    assert float(result.info["kl"][0]) == pytest.approx(sum(sums) / tokens, rel=1e-3)
+    assert float(result.info["kl_per_answer"][0]) == pytest.approx(sum(sums) / len(answers), rel=1e-3)
+    assert sum(sums) > 0
+    start = problem.evaluate_heldout(centre[None])
+    assert isinstance(start, Evaluation) and start.info["kl"].tolist() == [0.0]
+    problem.close()
+
+
+def test_gfo_run_logs_the_heldout_kl_in_metrics_progress_and_summary(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    code, err = gfo(
+        "run", "--algo", "pgpe", "--problem", "arithmetic", "--popsize", "2", "--generations", "3",
+        "--out", str(out), "--set", f"problem.model={tiny_model_dir}", *TINY,
+        "--set", "problem.batch_size=2", "--set", "problem.eval_every=2", "--set", "problem.eval_limit=2",
+        "--set", "problem.stdev=2.0",
+    )  # fmt: skip
+    assert code == 0, err
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    # held-out evaluations after generation 1 (every 2) and at the end (generation 2)
+    assert ["heldout_kl" in r for r in rows] == ["heldout" in r for r in rows] == [False, True, True]
+    for r in rows[1:]:
+        assert r["heldout_kl"] > 0 and r["heldout_kl_per_answer"] >= r["heldout_kl"]  # >= 1 token an answer
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["heldout_kl"], summary["heldout_kl_per_answer"]) == (
+        rows[-1]["heldout_kl"],
+        rows[-1]["heldout_kl_per_answer"],
+    )
+    lines = [line for line in err.splitlines() if line.startswith("generation 2: ")]
+    assert lines and f"  kl {rows[-1]['heldout_kl']:.4g}  kl per answer " in lines[0]
 
 
 @pytest.mark.parametrize(
@@ -143,11 +226,20 @@ def test_bad_kl_coef_is_refused(values: dict[str, Any], message: str) -> None:
         LLMConfig(**values)
 
 
-def test_bad_kl_coef_on_the_command_line_is_one_line_exit_2(tmp_path: Path) -> None:
+NEGATIVE = "problem.kl_coef must be a number >= 0; got -1.0, use e.g. 0.05 (0: no KL term)"
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("-1", NEGATIVE),
+        ("nan", "problem.kl_coef must be a number; got NaN"),
+        ("inf", "problem.kl_coef must be finite; got inf"),
+    ],
+)
+def test_bad_kl_coef_on_the_command_line_is_one_line_exit_2(tmp_path: Path, value: str, message: str) -> None:
     code, err = gfo("run", "--algo", "pgpe", "--problem", "arithmetic", "--out", str(tmp_path / "r"),
-                    "--set", "problem.kl_coef=-1")  # fmt: skip
+                    "--set", f"problem.kl_coef={value}")  # fmt: skip
     assert code == 2 and "Traceback" not in err
-    assert err.strip().splitlines() == [
-        "error: problem.kl_coef must be a number >= 0; got -1.0, use e.g. 0.05 (0: no KL term)"
-    ]
+    assert err.strip().splitlines() == [f"error: {message}"]
     assert not (tmp_path / "r").exists()

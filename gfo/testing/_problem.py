@@ -207,10 +207,16 @@ class ProblemConformance:
         if every == 0:
             pytest.skip("no held-out evaluation (heldout_every() is 0)")
         solutions = torch.stack([problem.initial_center(), population[0]])
-        scores = problem.evaluate_heldout(solutions)
+        result = problem.evaluate_heldout(solutions)
+        # An Evaluation carries numbers about the first row beside the scores (`info`, per row).
+        scores = result.fitness if isinstance(result, Evaluation) else result
         assert isinstance(scores, torch.Tensor) and scores.shape == (2,), scores
         assert scores.is_floating_point() and torch.isfinite(scores).all(), scores
-        assert torch.equal(problem.evaluate_heldout(solutions), scores)
+        if isinstance(result, Evaluation):
+            for name, values in result.info.items():
+                assert values.shape == (2,) and torch.isfinite(values[0]), (name, values)
+        again = problem.evaluate_heldout(solutions)
+        assert torch.equal(again.fitness if isinstance(again, Evaluation) else again, scores)
 
     def test_export_writes_inside_the_run_directory(
         self, problem: Problem, population: torch.Tensor, tmp_path: Path
