@@ -141,6 +141,14 @@ def test_task_sets_reach_every_step_and_the_task_breaks_its_answers_down(
     # The last lines printed: the fresh-item figures, then the breakdown of base and final answers.
     printed = capsys.readouterr().out.strip().splitlines()
     assert printed[-2].startswith(f"instruct (es): base {saved['base_acc']:.3f}  start ")
+    # strict compliance on the fresh items, both p-values and the KL to the base model, in one line
+    assert f"final {saved['final_acc']:.3f} on 4 fresh items; " in printed[-2]
+    assert f"p(final vs start) = {saved['p_final_vs_start']:.2g}, " in printed[-2]
+    assert f"p(final vs base) = {saved['p_final_vs_base']:.2g}; " in printed[-2]
+    kl = saved["kl_to_base"]
+    assert printed[-2].endswith(
+        f"KL to the base model per answer token: start {kl['start']:.3f}, final {kl['final']:.3f}"
+    )
     assert printed[-1] == (
         f"answers naming their topic's word: base {saved['breakdown']['base']['topic_named'][0]}/4, final "
         f"{named}/4; looping: base {saved['breakdown']['base']['repetitive'][0]}/4, final {looped}/4; "
