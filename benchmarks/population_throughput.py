@@ -43,6 +43,7 @@ import argparse
 import copy
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -410,7 +411,7 @@ def run_vllm(bench: Bench, python: str, methods: list[str], log: Path | None) ->
             code = worker.wait()
         if code != 0:
             print(f"  the vLLM worker failed (exit {code}); its last lines:", *tail, sep="\n    ", flush=True)
-            why = f"the vLLM worker failed (exit {code}): {next((t for t in reversed(tail) if t), '')}"
+            why = f"the vLLM worker failed (exit {code}): {_error_line(list(tail))}"
             return {m: {"skipped": why} for m in request["methods"]}
         response = json.loads((folder / "response.json").read_text())
         entries = {m: bench.vllm_entry(e) for m, e in response["methods"].items()}
@@ -419,6 +420,14 @@ def run_vllm(bench: Bench, python: str, methods: list[str], log: Path | None) ->
         return entries
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _error_line(lines: list[str]) -> str:
+    """The exception a traceback ends with (warnings printed at exit may follow it), else the last line."""
+    for line in reversed(lines):
+        if re.match(r"[\w.]+(Error|Exception|Interrupt)\b", line.strip()):
+            return line.strip()
+    return _last_line("\n".join(lines))
 
 
 def _last_line(text: str) -> str:

@@ -145,7 +145,8 @@ def _generate(
         temperature=0.0, max_tokens=max_tokens, stop_token_ids=request["eos_ids"], detokenize=False
     )
     ids = range(first_id, first_id + candidates) if lora else range(0)
-    adapters = [LoRARequest(f"c{i}", i, path) for i, path in zip(ids, request["adapters"], strict=True)]
+    folders = request["adapters"] if lora else []  # the plain engine has LoRA off: no adapters
+    adapters = [LoRARequest(f"c{i}", i, path) for i, path in zip(ids, folders, strict=True)]
     requests = [a for a in adapters for _ in prompts] if lora else None
     rows = [TokensPrompt(prompt_token_ids=list(p)) for _ in range(candidates) for p in prompts]
     llm.reset_prefix_cache()

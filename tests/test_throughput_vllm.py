@@ -44,38 +44,21 @@ def small(model_dir: Path, *extra: str) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("python", ["none", "gfo-venv", "missing"])
 def test_vllm_methods_are_skipped_with_a_note(
-    python: str,
     bench_module: ModuleType,
     tiny_model_dir: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     torch_single_thread: None,
 ) -> None:
-    if python == "gfo-venv" and not NO_VLLM:
-        pytest.skip("this interpreter has vLLM: the skip path needs one without")
-    where = {
-        "none": [],
-        "gfo-venv": ["--vllm-python", sys.executable],
-        "missing": ["--vllm-python", str(tmp_path / "nope")],
-    }
+    """An interpreter without vLLM (this one, or one that does not exist): gfo's methods run, the
+    vLLM ones are skipped, the note printed and the reason in the JSON, no vLLM ratios."""
+    python, why = (sys.executable, "cannot import vllm: ModuleNotFoundError")
+    if not NO_VLLM:
+        python, why = (str(tmp_path / "nope"), "did not run")
     out = tmp_path / "throughput.json"
-    results = bench_module.main(
-        small(
-            tiny_model_dir,
-            "--methods",
-            "engine,base,vllm_plain,vllm_lora",
-            "--json",
-            str(out),
-            *where[python],
-        )
-    )
-    why = {
-        "none": "no --vllm-python given",
-        "gfo-venv": "cannot import vllm: ModuleNotFoundError",
-        "missing": "did not run",
-    }[python]
+    argv = small(tiny_model_dir, "--methods", "engine,base,vllm_plain,vllm_lora", "--json", str(out))
+    results = bench_module.main([*argv, "--vllm-python", python])
     for method in ("vllm_plain", "vllm_lora"):
         assert why in results["methods"][method]["skipped"]
     assert results["methods"]["engine"]["rows"] == 6 and results["engine_over_base"] > 0
@@ -84,6 +67,16 @@ def test_vllm_methods_are_skipped_with_a_note(
     assert written["methods"]["vllm_lora"] == {"skipped": results["methods"]["vllm_lora"]["skipped"]}
     printed = capsys.readouterr().out
     assert "vllm_plain, vllm_lora skipped: " in printed and "vllm_lora    skipped: " in printed
+
+
+def test_the_probe_says_why_vllm_is_skipped(bench_module: ModuleType, tmp_path: Path) -> None:
+    version, why = bench_module.probe_vllm(None)
+    assert version is None and why.startswith("no --vllm-python given")
+    version, why = bench_module.probe_vllm(str(tmp_path / "nope"))
+    assert version is None and "did not run" in why
+    if NO_VLLM:
+        version, why = bench_module.probe_vllm(sys.executable)
+        assert version is None and "cannot import vllm: ModuleNotFoundError" in why
 
 
 def test_vllm_python_alone_adds_the_vllm_methods(bench_module: ModuleType) -> None:
@@ -191,3 +184,18 @@ def test_the_response_gets_gfos_stop_rule_and_is_compared_row_by_row(
     assert compared["engine_over_vllm_lora"] == engine["completions_per_s"] / 3.0
     assert compared["engine_over_vllm_plain"] == engine["tokens_per_s"] / entry["tokens_per_s"]
     assert bench_module.compare_vllm(methods, {**ids, "vllm_lora": None, "vllm_plain": None}) == {}
+
+
+def test_a_failed_worker_is_reported_by_its_exception(bench_module: ModuleType) -> None:
+    tail = [  # the end of a real worker failure: Python's exit warnings follow the exception
+        '      File "benchmarks/vllm_worker.py", line 148, in <listcomp>',
+        "    ValueError: zip() argument 2 is longer than argument 1",
+        "    /usr/lib/python3.11/multiprocessing/resource_tracker.py:254: UserWarning: resource_tracker: "
+        "There appear to be 1 leaked shared_memory objects to clean up at shutdown",
+        "      warnings.warn('resource_tracker: There appear to be %d '",
+    ]
+    assert bench_module._error_line(tail) == "ValueError: zip() argument 2 is longer than argument 1"
+    assert (
+        bench_module._error_line(["Illegal instruction (core dumped)", ""])
+        == "Illegal instruction (core dumped)"
+    )
