@@ -58,13 +58,22 @@ def build_problem(name: str, overrides: list[str]) -> Any:
     return PROBLEMS.get(name)(config)
 
 
-def score(problem: Any, vectors: torch.Tensor, examples: list[Any]) -> tuple[torch.Tensor, list[list[str]]]:
-    """Rewards (candidates x prompts) and completions of every row of `vectors` on `examples`."""
+def score(
+    problem: Any, vectors: torch.Tensor, examples: list[Any], seed: int = 0
+) -> tuple[torch.Tensor, list[list[str]]]:
+    """Rewards (candidates x answers) and answers of every row of `vectors` on `examples`: greedy,
+    or, at `problem.temperature` > 0, `problem.samples_per_prompt` seeded samples per prompt (every
+    candidate drawing the same random numbers, as in a generation of a search)."""
+    from gfo_llm.sampling import Sampling
+
     c = problem.config
-    result = problem.engine.generate(vectors, problem.prompts(examples), c.max_new_tokens, problem.task.stop)
-    rewards = [
-        problem.rewards(texts, examples, f"candidate {i}") for i, texts in enumerate(result.completions)
-    ]
+    sampling = (
+        Sampling(c.temperature, c.top_p, c.samples_per_prompt, seed=seed) if c.temperature > 0 else None
+    )
+    prompts = problem.prompts(examples)
+    result = problem.engine.generate(vectors, prompts, c.max_new_tokens, problem.task.stop, sampling)
+    shown = [ex for ex in examples for _ in range(sampling.samples if sampling else 1)]  # prompt-major
+    rewards = [problem.rewards(texts, shown, f"candidate {i}") for i, texts in enumerate(result.completions)]
     return torch.tensor(rewards, dtype=torch.float64), result.completions
 
 
@@ -110,13 +119,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     offsets = torch.randn(args.popsize, center.numel(), generator=generator, dtype=center.dtype) * c.stdev
     vectors = torch.cat([center.reshape(1, -1), center + offsets])  # row 0: the start itself
     started = time.perf_counter()
-    rows = args.popsize * size * 2
+    answers = c.samples_per_prompt if c.temperature > 0 else 1  # per prompt
+    rows = args.popsize * size * 2 * answers
     text_changed: float | None = None  # a likelihood generates no text
     reward_changed: float | None = None
     if c.fitness == "likelihood":
         fitness = [likelihood(problem, vectors, examples) for examples in sets]  # row 0 the centre's
     else:
-        scored = [score(problem, vectors, examples) for examples in sets]
+        scored = [score(problem, vectors, examples, args.seed) for examples in sets]
         fitness = [rewards.mean(dim=1) for rewards, _ in scored]
         changed = sum(
             text != texts[0][i] for _, texts in scored for row in texts[1:] for i, text in enumerate(row)
@@ -134,6 +144,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "stdev": c.stdev,
         "popsize": args.popsize,
         "prompts_per_set": size,
+        "temperature": c.temperature,
+        "samples_per_prompt": answers,
         "seed": args.seed,
         "center_fitness": [float(f[0]) for f in fitness],
         "fitness": candidates,
@@ -143,11 +155,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "text_changed": text_changed,
         "reward_changed": reward_changed,
         "fitness_sd": [float(f[1:].std()) for f in fitness],
-        # one candidate's score on `size` prompts, were its 0/1 answers independent draws at the mean
-        "binomial_sd": (mean * (1 - mean) / size) ** 0.5
+        # one candidate's score on `size` x k answers, were its 0/1 rewards independent draws at the mean
+        "binomial_sd": (mean * (1 - mean) / (size * answers)) ** 0.5
         if c.fitness == "reward" and 0 <= mean <= 1
         else None,
-        "completions": rows + 2 * size if c.fitness == "reward" else 0,
+        "completions": rows + 2 * size * answers if c.fitness == "reward" else 0,
         "scored_references": 0 if c.fitness == "reward" else rows + 2 * size,
         "wall_s": round(wall, 1),
         "dtype": problem.dtype,
@@ -159,7 +171,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     centre = result["center_fitness"]
     print(
         f"{args.problem} ({c.fitness}), {c.space} space, spread {c.stdev}: {args.popsize} candidates"
-        f" x 2 sets of {size} prompts; centre {centre[0]:.3f} / {centre[1]:.3f},"
+        f" x 2 sets of {size} prompts"
+        + (f" x {answers} samples at temperature {c.temperature}" if c.temperature > 0 else " (greedy)")
+        + f"; centre {centre[0]:.3f} / {centre[1]:.3f},"
         f" candidates' mean {mean:.3f}, sd {result['fitness_sd'][0]:.3f} / {result['fitness_sd'][1]:.3f}"
         f" (binomial {result['binomial_sd'] or float('nan'):.3f})",
         flush=True,

@@ -59,6 +59,22 @@ def test_fitness_signal_benchmark(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert 0.5 < result["text_changed"] <= 1.0 and result["reward_changed"] == 0.0
 
 
+def test_fitness_signal_benchmark_with_sampled_answers(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """At a temperature, each candidate's fitness is its mean over k samples per prompt: k times the
+    completions, the same draws for every candidate (the centre's samples at spread 0 are each
+    candidate's), and other draws than greedy."""
+    argv = ["--problem", "arithmetic", "--popsize", "3"]
+    for key, value in (("model", tiny_model_dir), ("rank", 4), ("batch_size", 2), ("max_new_tokens", 4),
+                       ("dtype", "fp32"), ("temperature", 1.0), ("samples_per_prompt", 3)):  # fmt: skip
+        argv += ["--set", f"problem.{key}={value}"]
+    script = load_script("fitness_signal")
+    sampled = script.main([*argv, "--set", "problem.stdev=1e-9"])
+    assert sampled["samples_per_prompt"] == 3 and sampled["completions"] == (3 + 1) * 2 * 2 * 3
+    assert sampled["text_changed"] == 0.0  # common random numbers: a negligible offset draws the same
+    greedy = script.main([*argv[:-4], "--set", "problem.stdev=1e-9"])
+    assert greedy["samples_per_prompt"] == 1 and greedy["completions"] == (3 + 1) * 2 * 2
+
+
 def test_fitness_signal_benchmark_on_likelihood(tiny_model_dir: Path, tmp_path: Path) -> None:
     """With problem.fitness=likelihood the candidates are ranked by their references'
     log-probability: no ties even on the random model, and the centre's figure is the engine's."""
