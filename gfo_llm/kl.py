@@ -88,6 +88,10 @@ def answer_kl(
     finally:
         if wrapped is not None:
             wrapped.unload()  # the plain model back, without the adapters
+            # PEFT 0.18 leaves its config on the unwrapped model, and the next wrapping of it then
+            # runs one adapter as the base model
+            if hasattr(model, "peft_config"):
+                del model.peft_config
     return sums
 
 
