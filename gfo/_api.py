@@ -1,8 +1,7 @@
 """`gfo.search`: a search started from Python, the library form of `gfo run`.
 
 >>> import gfo
->>> from problems.functions import Sphere
->>> result = gfo.search(Sphere(Sphere.Config(dim=5)), "sep-cmaes", generations=60, out=tmp / "sphere")
+>>> result = gfo.search("sphere", "sep-cmaes", generations=60, dim=5, out=tmp / "sphere")
 >>> result.best < 1e-3, result.generations, result.out.name
 (True, 60, 'sphere')
 >>> result.best_solution.shape
