@@ -64,12 +64,10 @@ def score(
     """Rewards (candidates x answers) and answers of every row of `vectors` on `examples`: greedy,
     or, at `problem.temperature` > 0, `problem.samples_per_prompt` seeded samples per prompt (every
     candidate drawing the same random numbers, as in a generation of a search)."""
-    from gfo_llm.sampling import Sampling
+    from gfo.problem import Context
 
     c = problem.config
-    sampling = (
-        Sampling(c.temperature, c.top_p, c.samples_per_prompt, seed=seed) if c.temperature > 0 else None
-    )
+    sampling = problem.sampling(Context(generation=0, seed=seed))  # a search's first generation
     prompts = problem.prompts(examples)
     result = problem.engine.generate(vectors, prompts, c.max_new_tokens, problem.task.stop, sampling)
     shown = [ex for ex in examples for _ in range(sampling.samples if sampling else 1)]  # prompt-major
